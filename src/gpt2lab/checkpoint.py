@@ -1,0 +1,318 @@
+"""Weights on disk: gpt2lab checkpoints and Hugging Face GPT-2 directories.
+
+A **gpt2lab checkpoint** is a directory holding
+
+* ``model.safetensors``: the parameters, under gpt2lab's own names;
+* ``model.json``: ``{"format": "gpt2lab", "model": <GPTConfig>, "tokenizer": <tokenizer description>}``;
+* optionally the training state (see ``train.py``).
+
+A **run directory** (what ``gpt2lab train`` writes) holds ``checkpoints/``
+with one such directory per saved step; pointing any command at the run
+directory uses its latest checkpoint.
+
+A **Hugging Face GPT-2 directory** holds ``config.json`` and
+``model.safetensors`` (or ``pytorch_model.bin``).  Its ``Conv1D`` layers store
+matrices as ``(in, out)``, exactly our layout, so the mapping below is
+mostly renaming and splitting the fused query/key/value matrix into three.
+
+Loading is strict everywhere: a missing tensor, an unexpected one or a
+shape mismatch is an error, never a silent partial load.  Nothing is ever
+unpickled: ``.bin`` files are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+from .model import GPT, GPTConfig
+from .tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer
+
+MODEL_FILE = "model.safetensors"
+MODEL_META = "model.json"
+CHECKPOINTS = "checkpoints"
+
+
+# ---------------------------------------------------------------------------
+# Small, safe file helpers
+# ---------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, write) -> None:
+    """Write a file so that a crash leaves either the old or the new file,
+    never half of one: write a temporary file, fsync it, rename it over."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); re-export or re-download it") from None
+
+
+# ---------------------------------------------------------------------------
+# gpt2lab checkpoints
+# ---------------------------------------------------------------------------
+
+
+def save_model(model: GPT, tokenizer: Tokenizer, folder: Path) -> None:
+    """Write ``model.safetensors`` and ``model.json`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    write_atomic(folder / MODEL_FILE, lambda p: save_file(tensors, str(p)))
+    write_json(folder / MODEL_META, {"format": "gpt2lab", "version": 1,
+                                     "model": model.cfg.to_dict(), "tokenizer": tokenizer.to_dict()})
+
+
+def load_state_strict(model: GPT, state: dict[str, torch.Tensor], source) -> None:
+    """``load_state_dict`` that names every missing, unexpected or misshapen tensor."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        raise UserError(f"weights in {source} do not match the model: {'; '.join(parts)}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise UserError(f"weights in {source} do not match the config: {name} has shape "
+                            f"{tuple(tensor.shape)}, the config expects {tuple(expected[name].shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (highest step), or None."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    steps = [p for p in folder.iterdir() if re.fullmatch(r"step_\d+", p.name) and (p / MODEL_META).is_file()]
+    return max(steps, key=lambda p: int(p.name[5:]), default=None)
+
+
+def resolve_model_path(path) -> tuple[str, Path]:
+    """Say what ``path`` is: ``("gpt2lab", checkpoint_dir)`` or ``("hf", dir)``."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model path {path} does not exist; give a run directory, a checkpoint or a Hugging Face GPT-2 directory")
+    if path.is_file():
+        path = path.parent  # model.safetensors or model.json named directly
+    if (path / MODEL_META).is_file():
+        return "gpt2lab", path
+    if (path / CHECKPOINTS).is_dir():
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise UserError(f"run directory {path} has no complete checkpoint yet; train it first")
+        return "gpt2lab", ckpt
+    if (path / "config.json").is_file():
+        return "hf", path
+    raise UserError(f"{path} is neither a gpt2lab run/checkpoint (model.json) nor a Hugging Face GPT-2 "
+                    "directory (config.json); point --model at one of those")
+
+
+def load_model(path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    """Load a model and its tokenizer from a run, a checkpoint or a Hugging Face directory."""
+    kind, folder = resolve_model_path(path)
+    if kind == "hf":
+        return load_hf(folder, device), gpt2_tokenizer()
+    meta = read_json(folder / MODEL_META)
+    if meta.get("format") != "gpt2lab" or not isinstance(meta.get("model"), dict):
+        raise UserError(f"{folder / MODEL_META} is not a gpt2lab model description; re-save the checkpoint")
+    cfg = config_from_dict(meta["model"], folder / MODEL_META)
+    tokenizer = load_tokenizer(meta.get("tokenizer", {"kind": "gpt2"}))
+    model = GPT(cfg)
+    load_state_strict(model, read_safetensors(folder / MODEL_FILE), folder / MODEL_FILE)
+    return model.to(device).eval(), tokenizer
+
+
+def config_from_dict(d: dict, source) -> GPTConfig:
+    try:
+        return GPTConfig(**d)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad model config in {source}: {e}") from None
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face GPT-2 format
+# ---------------------------------------------------------------------------
+
+# Buffers that old GPT-2 checkpoints carry but that are not parameters (the
+# causal mask, rebuilt on the fly).  They are skipped by name, on purpose.
+HF_BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+def config_from_hf(hf: dict, source) -> GPTConfig:
+    """Map Hugging Face's ``GPT2Config`` field names onto ours."""
+    try:
+        d_model = hf["n_embd"]
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise UserError(f"{source}: activation {act!r} is not GPT-2's tanh GELU; gpt2lab cannot load it")
+        return GPTConfig(d_vocab=hf["vocab_size"], n_ctx=hf["n_positions"], d_model=d_model,
+                         n_heads=hf["n_head"], n_layers=hf["n_layer"], d_mlp=hf.get("n_inner") or 4 * d_model,
+                         layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                         init_range=hf.get("initializer_range", 0.02))
+    except KeyError as e:
+        raise UserError(f"{source} lacks the GPT-2 field {e}; is this a GPT-2 config.json?") from None
+    except ValueError as e:
+        raise UserError(f"bad GPT-2 config in {source}: {e}") from None
+
+
+def hf_to_gpt2lab(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """Rename (and split) a Hugging Face GPT-2 state dict into gpt2lab's names.
+    Every tensor must be used; leftovers are reported as unexpected."""
+    sd = {k.removeprefix("transformer."): v for k, v in sd.items() if not HF_BUFFERS.search(k)}
+    if "lm_head.weight" in sd:  # tied to wte: must be the same matrix
+        lm_head = sd.pop("lm_head.weight")
+        if "wte.weight" in sd and not torch.equal(lm_head, sd["wte.weight"]):
+            raise UserError("lm_head.weight differs from wte.weight: gpt2lab's GPT-2 ties them")
+    h, e, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    out: dict[str, torch.Tensor] = {}
+
+    def take(src: str, dst: str, shape=None):
+        if src not in sd:
+            return  # reported as missing by load_state_strict
+        t = sd.pop(src)
+        out[dst] = t.reshape(shape) if shape is not None and t.numel() == torch.Size(shape).numel() else t
+
+    take("wte.weight", "embed.W_E")
+    take("wpe.weight", "pos_embed.W_pos")
+    for i in range(cfg.n_layers):
+        p, q = f"h.{i}.", f"blocks.{i}."
+        take(p + "ln_1.weight", q + "ln1.w")
+        take(p + "ln_1.bias", q + "ln1.b")
+        if p + "attn.c_attn.weight" in sd and sd[p + "attn.c_attn.weight"].shape == (d, 3 * d):
+            w = sd.pop(p + "attn.c_attn.weight")  # (d_model, 3 * d_model): Q | K | V
+            for name, part in zip("QKV", w.split(d, dim=1)):
+                out[q + f"attn.W_{name}"] = part.reshape(d, h, e)
+        if p + "attn.c_attn.bias" in sd and sd[p + "attn.c_attn.bias"].shape == (3 * d,):
+            b = sd.pop(p + "attn.c_attn.bias")
+            for name, part in zip("QKV", b.split(d)):
+                out[q + f"attn.b_{name}"] = part.reshape(h, e)
+        take(p + "attn.c_proj.weight", q + "attn.W_O", (h, e, d))
+        take(p + "attn.c_proj.bias", q + "attn.b_O")
+        take(p + "ln_2.weight", q + "ln2.w")
+        take(p + "ln_2.bias", q + "ln2.b")
+        take(p + "mlp.c_fc.weight", q + "mlp.W_in")
+        take(p + "mlp.c_fc.bias", q + "mlp.b_in")
+        take(p + "mlp.c_proj.weight", q + "mlp.W_out")
+        take(p + "mlp.c_proj.bias", q + "mlp.b_out")
+    take("ln_f.weight", "ln_final.w")
+    take("ln_f.bias", "ln_final.b")
+    out.update({f"(hf) {k}": v for k, v in sd.items()})  # leftovers: reported as unexpected
+    return out
+
+
+def gpt2lab_to_hf(model: GPT) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`hf_to_gpt2lab`, with ``transformer.`` prefixes."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    d = model.cfg.d_model
+    out = {"wte.weight": sd["embed.W_E"], "wpe.weight": sd["pos_embed.W_pos"],
+           "ln_f.weight": sd["ln_final.w"], "ln_f.bias": sd["ln_final.b"]}
+    for i in range(model.cfg.n_layers):
+        p, q = f"h.{i}.", f"blocks.{i}."
+        out[p + "ln_1.weight"], out[p + "ln_1.bias"] = sd[q + "ln1.w"], sd[q + "ln1.b"]
+        out[p + "attn.c_attn.weight"] = torch.cat([sd[q + f"attn.W_{n}"].reshape(d, d) for n in "QKV"], dim=1)
+        out[p + "attn.c_attn.bias"] = torch.cat([sd[q + f"attn.b_{n}"].reshape(d) for n in "QKV"])
+        out[p + "attn.c_proj.weight"] = sd[q + "attn.W_O"].reshape(d, d)
+        out[p + "attn.c_proj.bias"] = sd[q + "attn.b_O"]
+        out[p + "ln_2.weight"], out[p + "ln_2.bias"] = sd[q + "ln2.w"], sd[q + "ln2.b"]
+        out[p + "mlp.c_fc.weight"], out[p + "mlp.c_fc.bias"] = sd[q + "mlp.W_in"], sd[q + "mlp.b_in"]
+        out[p + "mlp.c_proj.weight"], out[p + "mlp.c_proj.bias"] = sd[q + "mlp.W_out"], sd[q + "mlp.b_out"]
+    return {"transformer." + k: v.contiguous() for k, v in out.items()}
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    st, binary = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if st.is_file():
+        return read_safetensors(st)
+    if binary.is_file():
+        try:
+            # weights_only=True: tensors and plain containers only, never arbitrary objects.
+            sd = torch.load(binary, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
+            raise UserError(f"refusing to load {binary}: {str(e).splitlines()[0]}") from None
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise UserError(f"{binary} is not a plain state dict of tensors")
+        return sd
+    raise UserError(f"{folder} has config.json but neither model.safetensors nor pytorch_model.bin")
+
+
+def load_hf(folder, device: str | torch.device = "cpu") -> GPT:
+    """Build a gpt2lab model from a Hugging Face GPT-2 directory."""
+    folder = Path(folder)
+    cfg = config_from_hf(read_json(folder / "config.json"), folder / "config.json")
+    model = GPT(cfg)
+    load_state_strict(model, hf_to_gpt2lab(read_hf_weights(folder), cfg), folder)
+    return model.to(device).eval()
+
+
+def hf_config(cfg: GPTConfig, eot_token: int = 50256) -> dict:
+    """Our config in Hugging Face ``GPT2Config`` terms."""
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.d_vocab, "n_positions": cfg.n_ctx, "n_ctx": cfg.n_ctx, "n_embd": cfg.d_model,
+        "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": cfg.d_mlp,
+        "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_eps,
+        "initializer_range": cfg.init_range, "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout, "bos_token_id": eot_token, "eos_token_id": eot_token,
+        "tie_word_embeddings": True, "scale_attn_weights": True,
+    }
+
+
+def export_hf(model: GPT, tokenizer: Tokenizer, folder, overwrite: bool = False) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise UserError(f"{folder} already exists and is not empty; choose a new --to directory or pass --overwrite")
+    if model.cfg.d_head * model.cfg.n_heads != model.cfg.d_model:
+        raise UserError("Hugging Face GPT-2 requires d_head * n_heads == d_model")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {folder}: {e.strerror}") from None
+    tensors = gpt2lab_to_hf(model)
+    write_atomic(folder / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    write_json(folder / "config.json", hf_config(model.cfg, tokenizer.eot_token))
+    return folder

@@ -1,0 +1,211 @@
+"""The ``gpt2lab`` command line.
+
+Each subcommand is a thin function over the library: it parses flags, calls
+the module that does the work, and prints.  With ``--json``, the last line of
+standard output is one JSON object, for scripts.
+
+Errors the user can fix (:class:`UserError`) are printed on one line and
+exit with status 2, without a traceback.  Anything unexpected prints a short
+message and the path of a log file holding the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import traceback
+import types
+import typing
+
+from .errors import UserError
+
+# ---------------------------------------------------------------------------
+# Config dataclasses <-> flags, one flag per field
+# ---------------------------------------------------------------------------
+
+
+def field_type(cls, field: dataclasses.Field):
+    """The plain Python type of a dataclass field (``int | None`` -> ``int``)."""
+    hint = typing.get_type_hints(cls)[field.name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """Add ``--field-name`` for every field of the dataclass ``cls``.
+    Defaults are ``None`` so that we can tell what the user actually set."""
+    group = parser.add_argument_group(f"{cls.__name__} fields")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        t = field_type(cls, f)
+        conv = parse_bool if t is bool else t
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv, default=None,
+                           metavar=t.__name__.upper(), help=f"(default: {f.default!r})"
+                           if f.default is not dataclasses.MISSING else None)
+
+
+def config_overrides(args: argparse.Namespace, cls) -> dict:
+    """The fields of ``cls`` that were set on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------
+
+
+def cmd_tokenize(args) -> None:
+    from .data import read_text
+    from .tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    ids = tokenizer.encode(read_text(args.file))
+    if args.json:
+        print_json({"tokens": ids, "count": len(ids)})
+    else:
+        print(" ".join(map(str, ids)))
+        print(f"{len(ids)} tokens", file=sys.stderr)
+
+
+def cmd_eval(args) -> None:
+    from .checkpoint import load_model
+    from .data import read_text
+    from .evaluate import score_text
+
+    text = read_text(args.text)
+    if not text:
+        raise UserError(f"{args.text} is empty; give a file with some text to score")
+    model, tokenizer = load_model(args.model)
+    score = score_text(model, tokenizer, text)
+    if args.json:
+        print_json(score.to_dict())
+    else:
+        print(f"loss {score.loss:.4f} nats/token | perplexity {score.perplexity:.2f} | "
+              f"{score.bits_per_byte:.4f} bits/byte | {score.tokens} tokens, {score.bytes} bytes")
+
+
+def cmd_export(args) -> None:
+    from .checkpoint import export_hf, load_model
+
+    model, tokenizer = load_model(args.model)
+    folder = export_hf(model, tokenizer, args.to, overwrite=args.overwrite)
+    if args.json:
+        print_json({"exported": str(folder)})
+    else:
+        print(f"wrote a Hugging Face GPT-2 model to {folder}")
+
+
+def cmd_info(args) -> None:
+    from .checkpoint import load_model, resolve_model_path
+    from .model import GPT, GPTConfig
+
+    if args.model is None and args.preset is None:
+        raise UserError("give --model PATH or --preset NAME")
+    if args.model is not None:
+        model, tokenizer = load_model(args.model)
+        source, tok = str(resolve_model_path(args.model)[1]), tokenizer.to_dict().get("kind")
+    else:
+        model, source, tok = GPT(GPTConfig.from_preset(args.preset)), f"preset {args.preset}", None
+    info = {"source": source, "config": model.cfg.to_dict(), "parameters": model.num_params(),
+            "parameters_without_positions": model.num_params(include_position=False), "tokenizer": tok}
+    if args.json:
+        print_json(info)
+    else:
+        print(f"{source}")
+        for k, v in info["config"].items():
+            print(f"  {k:16s} {v}")
+        print(f"  parameters       {info['parameters']:,} (tied embeddings, positions included)")
+
+
+# ---------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpt2lab", description="Build, train and run GPT-2 from scratch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("tokenize", help="turn a text file into token ids")
+    p.add_argument("file", help="a UTF-8 text file")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2 or the path of a tokenizer JSON file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a model on a text")
+    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
+    p.add_argument("--text", required=True, help="a UTF-8 text file to score")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a model in Hugging Face GPT-2 format")
+    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
+    p.add_argument("--to", required=True, help="the directory to create")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="a model's config and parameter count")
+    p.add_argument("--model", help="a run, a checkpoint or a Hugging Face GPT-2 directory")
+    p.add_argument("--preset", help="or a preset name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, mini, tiny)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def report_crash(exc: BaseException) -> str:
+    """Save the traceback of an unexpected error to a log file; return its path."""
+    fd, path = tempfile.mkstemp(prefix="gpt2lab-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write("gpt2lab " + " ".join(sys.argv[1:]) + "\n\n")
+        traceback.print_exception(exc, file=f)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # invalid config values and tokenizer files are reported as ValueError
+        print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gpt2lab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - last resort: short message, traceback to a log
+        path = report_crash(e)
+        print(f"gpt2lab {args.command}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(traceback saved to {path}; please report it)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

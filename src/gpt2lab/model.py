@@ -1,0 +1,491 @@
+"""GPT-2, written from scratch as a chapter you can read top to bottom.
+
+A GPT-2 turns a sequence of token ids into, at every position, a score (a
+*logit*) for every token of the vocabulary being the next one.  It does so
+in four movements:
+
+1. **Embed**: look up a vector for each token and add a vector for each
+   position.  This sum starts the *residual stream*, a `(batch, pos, d_model)`
+   tensor that every later layer reads from and adds to.
+2. **Blocks**: `n_layers` identical blocks.  Each one normalises the stream
+   (LayerNorm), lets positions exchange information (causal self-attention),
+   adds the result back, then normalises again and transforms each position
+   on its own (an MLP), adding that back too.  GPT-2 normalises *before*
+   each sub-layer ("pre-LN"), which keeps deep stacks trainable.
+3. **Final LayerNorm**.
+4. **Unembed**: multiply by the token embedding matrix, transposed.  Input
+   and output share that matrix ("tied embeddings"), which is why GPT-2
+   small has 124M parameters rather than 163M.
+
+Parameters are laid out as ``(in, out)`` matrices, the layout of OpenAI's
+checkpoints and of Hugging Face's ``Conv1D``, so real GPT-2 weights load
+without any transposing (see ``checkpoint.py``).
+
+Wherever there is a fast way to compute something, the plain way sits right
+beside it and ``tests/test_model.py`` proves the two agree:
+
+* attention: a plain path that builds the full attention pattern (good for
+  learning and for plots) and a fast path through PyTorch's fused
+  ``scaled_dot_product_attention``;
+* generation: a :class:`KVCache` so that each new token costs one position of
+  compute instead of re-running the whole sequence;
+* the loss: a chunked output layer + cross-entropy that never materialises
+  the full ``(batch, pos, d_vocab)`` logits tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT-2.  Names follow the classic clean-transformer
+    walkthrough so that what you read there maps one to one onto this code.
+
+    ``d_head`` and ``d_mlp`` may be left as ``None``: they are then derived
+    as ``d_model // n_heads`` and ``4 * d_model``, GPT-2's own ratios.
+    """
+
+    d_vocab: int = 50257  # number of distinct tokens
+    n_ctx: int = 1024  # longest sequence the model can see (learned positions)
+    d_model: int = 768  # width of the residual stream
+    n_heads: int = 12  # attention heads per layer
+    d_head: int | None = None  # width of one head's queries, keys and values
+    d_mlp: int | None = None  # width of the MLP's hidden layer
+    n_layers: int = 12  # number of transformer blocks
+    layer_norm_eps: float = 1e-5
+    init_range: float = 0.02  # std of the normal initialisation
+    dropout: float = 0.0  # one rate for embeddings, attention and residual outputs
+
+    def __post_init__(self) -> None:
+        for name in ("d_vocab", "n_ctx", "d_model", "n_heads", "n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"model config: d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+                )
+            self.d_head = self.d_model // self.n_heads
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        for name in ("d_head", "d_mlp"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
+        if self.d_head * self.n_heads != self.d_model:
+            raise ValueError(
+                f"model config: d_model ({self.d_model}) must equal n_heads ({self.n_heads}) "
+                f"x d_head ({self.d_head}); set d_head to {self.d_model // self.n_heads} or change n_heads"
+            )
+        if not (0.0 <= self.dropout < 1.0):
+            raise ValueError(f"model config: dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"model config: layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if not self.init_range > 0:
+            raise ValueError(f"model config: init_range must be positive, got {self.init_range!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "GPTConfig":
+        """A named preset with some fields changed.  Derived widths are
+        re-derived unless given, so ``from_preset("mini", d_model=128)`` works."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        fields = dict(PRESETS[name])
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**fields)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Presets by name.  The four GPT-2 sizes are OpenAI's; `mini` is the classic
+# walkthrough's demo model; `tiny` is small enough for tests to run in seconds.
+PRESETS: dict[str, dict] = {
+    "gpt2": dict(n_layers=12, d_model=768, n_heads=12, n_ctx=1024),
+    "gpt2-medium": dict(n_layers=24, d_model=1024, n_heads=16, n_ctx=1024),
+    "gpt2-large": dict(n_layers=36, d_model=1280, n_heads=20, n_ctx=1024),
+    "gpt2-xl": dict(n_layers=48, d_model=1600, n_heads=25, n_ctx=1024),
+    "mini": dict(n_layers=2, d_model=256, n_heads=4, d_head=64, d_mlp=1024, n_ctx=256),
+    "tiny": dict(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=32),
+}
+
+
+# ---------------------------------------------------------------------------
+# Components, in the order the data flows through them
+# ---------------------------------------------------------------------------
+
+
+class Embed(nn.Module):
+    """Token embedding: row ``t`` of ``W_E`` is the vector for token ``t``.
+    The same matrix, transposed, later turns vectors back into logits."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))  # (d_vocab, d_model)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # tokens: (batch, pos) integer ids
+        return self.W_E[tokens]  # (batch, pos, d_model)
+
+
+class PosEmbed(nn.Module):
+    """Learned position embedding: GPT-2 has no notion of order other than
+    this one vector per position, added to the token's vector."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))  # (n_ctx, d_model)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        # positions: (pos,) or (batch, pos) integer positions
+        return self.W_pos[positions]  # (pos, d_model) or (batch, pos, d_model)
+
+
+class LayerNorm(nn.Module):
+    """Centre each position's vector, scale it to unit variance, then apply a
+    learned per-feature scale ``w`` and shift ``b``.  This keeps the residual
+    stream's size under control however many blocks add to it."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.eps = cfg.layer_norm_eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model))  # (d_model,)
+        self.b = nn.Parameter(torch.zeros(cfg.d_model))  # (d_model,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch, pos, d_model)
+        x = x - x.mean(dim=-1, keepdim=True)
+        scale = (x.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt()  # (batch, pos, 1)
+        return x / scale * self.w + self.b  # (batch, pos, d_model)
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation as one fused kernel."""
+        return F.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for every layer.
+
+    Without a cache, generating token ``n`` re-runs the model on all ``n``
+    previous tokens.  But a position's key and value never change once
+    computed (attention is causal), so we keep them and feed the model only
+    the newest token: each step then costs one position of compute.
+
+    The buffers are allocated once, for ``max_len`` positions, so no memory is
+    copied as the sequence grows.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch: int, max_len: int | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        max_len = max_len or cfg.n_ctx
+        shape = (cfg.n_layers, batch, cfg.n_heads, max_len, cfg.d_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (layer, batch, head, max_len, d_head)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0  # positions filled so far
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values and return all of them so far."""
+        # k, v: (batch, head, new_pos, d_head)
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot store {end}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (batch, head, end, d_head)
+
+    def advance(self, n: int) -> None:
+        """Called by the model once every layer has stored ``n`` new positions."""
+        self.length += n
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention: the only place where positions
+    exchange information.
+
+    Each head projects every position into a *query* ("what am I looking
+    for?"), a *key* ("what do I contain?") and a *value* ("what do I pass
+    on?").  A position's output is the average of the values of all earlier
+    positions (and itself), weighted by how well its query matches their keys.
+    """
+
+    def __init__(self, cfg: GPTConfig, fast: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.fast = fast  # use fused scaled_dot_product_attention
+        d, h, e = cfg.d_model, cfg.n_heads, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(d, h, e))  # (d_model, n_heads, d_head)
+        self.W_K = nn.Parameter(torch.empty(d, h, e))
+        self.W_V = nn.Parameter(torch.empty(d, h, e))
+        self.b_Q = nn.Parameter(torch.zeros(h, e))  # (n_heads, d_head)
+        self.b_K = nn.Parameter(torch.zeros(h, e))
+        self.b_V = nn.Parameter(torch.zeros(h, e))
+        self.W_O = nn.Parameter(torch.empty(h, e, d))  # (n_heads, d_head, d_model)
+        self.b_O = nn.Parameter(torch.zeros(d))  # (d_model,)
+        self.dropout = cfg.dropout
+
+    def project(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """One of the query/key/value projections, for all heads at once."""
+        # x: (batch, pos, d_model); W: (d_model, n_heads, d_head)
+        out = x @ W.flatten(1) + b.flatten()  # (batch, pos, n_heads * d_head)
+        return out.unflatten(-1, W.shape[1:]).transpose(1, 2)  # (batch, n_heads, pos, d_head)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (batch, pos, d_model)
+        # mask: optional (batch, 1, pos, key_pos) boolean, True where a query may attend.
+        #       When None, plain causal attention over the positions given.
+        q = self.project(x, self.W_Q, self.b_Q)  # (batch, head, pos, d_head)
+        k = self.project(x, self.W_K, self.b_K)
+        v = self.project(x, self.W_V, self.b_V)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (batch, head, key_pos, d_head), earlier positions included
+            if mask is None and q.shape[2] > 1:
+                mask = causal_mask(q.shape[2], k.shape[2], x.device)
+        if self.fast:
+            z = self.attend_fast(q, k, v, mask)
+        else:
+            z = self.attend(q, k, v, mask)[0]
+        z = z.transpose(1, 2).flatten(2)  # (batch, pos, n_heads * d_head)
+        out = z @ self.W_O.flatten(0, 1) + self.b_O  # (batch, pos, d_model)
+        return F.dropout(out, self.dropout, self.training)
+
+    def attend(self, q, k, v, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain path: build the attention pattern explicitly.
+
+        Returns the mixed values and the pattern ``(batch, head, pos, key_pos)``,
+        whose row ``i`` says how much position ``i`` attends to each earlier one."""
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (batch, head, pos, key_pos)
+        if mask is None:
+            mask = causal_mask(q.shape[2], k.shape[2], q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))  # the future is invisible
+        pattern = scores.softmax(dim=-1)  # (batch, head, pos, key_pos); rows sum to 1
+        pattern = F.dropout(pattern, self.dropout, self.training)
+        return pattern @ v, pattern  # (batch, head, pos, d_head)
+
+    def attend_fast(self, q, k, v, mask=None) -> torch.Tensor:
+        """The fast path: one fused kernel computes the same thing without
+        storing the pattern (flash / memory-efficient attention)."""
+        p = self.dropout if self.training else 0.0
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+
+def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
+    """True where query ``i`` may see key ``j``.  Queries are the *last*
+    ``n_queries`` of the ``n_keys`` positions (they differ with a KV cache)."""
+    offset = n_keys - n_queries
+    q = torch.arange(n_queries, device=device)[:, None] + offset
+    k = torch.arange(n_keys, device=device)[None, :]
+    return k <= q  # (n_queries, n_keys)
+
+
+class MLP(nn.Module):
+    """A two-layer network applied to each position independently: widen to
+    ``d_mlp``, apply GELU, project back.  Most of GPT-2's parameters live here."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))  # (d_model, d_mlp)
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))  # (d_mlp, d_model)
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch, pos, d_model)
+        pre = x @ self.W_in + self.b_in  # (batch, pos, d_mlp)
+        post = gelu(pre)  # (batch, pos, d_mlp)
+        out = post @ self.W_out + self.b_out  # (batch, pos, d_model)
+        return F.dropout(out, self.dropout, self.training)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU with GPT-2's tanh approximation (what ``transformers`` calls
+    ``gelu_new``); the exact erf form differs in the 4th decimal place."""
+    return F.gelu(x, approximate="tanh")
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm residual block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``.
+    Each sub-layer *adds* to the residual stream; nothing overwrites it."""
+
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.ln1 = LayerNorm(cfg)
+        self.attn = Attention(cfg)
+        self.ln2 = LayerNorm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, resid_pre: torch.Tensor, cache: KVCache | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        # resid_pre: (batch, pos, d_model)
+        resid_mid = resid_pre + self.attn(self.ln1.forward_fast(resid_pre), cache, self.layer, mask)
+        resid_post = resid_mid + self.mlp(self.ln2.forward_fast(resid_mid))
+        return resid_post  # (batch, pos, d_model)
+
+
+class Unembed(nn.Module):
+    """Turn the final residual stream into logits over the vocabulary, using
+    the token embedding matrix transposed (tied weights: no parameters of its own)."""
+
+    def __init__(self, embed: Embed):
+        super().__init__()
+        self.embed = [embed]  # a plain list, so the tied matrix is registered (and counted) once
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        return self.embed[0].W_E.T  # (d_model, d_vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch, pos, d_model)
+        return x @ self.W_U  # (batch, pos, d_vocab)
+
+
+# ---------------------------------------------------------------------------
+# The whole model
+# ---------------------------------------------------------------------------
+
+
+class GPT(nn.Module):
+    """GPT-2: embeddings, ``n_layers`` blocks, a final LayerNorm, tied unembedding."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.pos_embed = PosEmbed(cfg)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg)
+        self.unembed = Unembed(self.embed)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2's initialisation: every matrix ~ N(0, 0.02²), biases 0,
+        LayerNorm scale 1.  The two projections that write into the residual
+        stream (attention ``W_O`` and MLP ``W_out``) are shrunk by
+        ``1/sqrt(2 * n_layers)``: each block adds two such terms, and this
+        keeps the stream's variance from growing with depth."""
+        std = self.cfg.init_range
+        residual_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith(("W_O", "W_out")):
+                nn.init.normal_(p, 0.0, residual_std, generator=generator)
+            elif name.split(".")[-1].startswith("W_"):
+                nn.init.normal_(p, 0.0, std, generator=generator)
+            elif name.endswith(".w"):
+                nn.init.ones_(p)
+            else:
+                nn.init.zeros_(p)
+
+    def set_fast_attention(self, fast: bool) -> None:
+        """Switch every layer between the fused and the plain attention path."""
+        for block in self.blocks:
+            block.attn.fast = fast
+
+    def num_params(self, include_position: bool = True) -> int:
+        """Parameter count, the tied embedding counted once (124,439,808 for ``gpt2``)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n if include_position else n - self.pos_embed.W_pos.numel()
+
+    def residual(self, tokens: torch.Tensor, cache: KVCache | None = None,
+                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything up to (and including) the final LayerNorm."""
+        # tokens: (batch, pos)
+        n = tokens.shape[1]
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + n, device=tokens.device)  # (pos,)
+        if positions.max() >= self.cfg.n_ctx:
+            raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds n_ctx={self.cfg.n_ctx}")
+        x = self.embed(tokens) + self.pos_embed(positions)  # (batch, pos, d_model)
+        x = F.dropout(x, self.cfg.dropout, self.training)
+        for block in self.blocks:
+            x = block(x, cache, mask)  # (batch, pos, d_model)
+        if cache is not None:
+            cache.advance(n)
+        return self.ln_final.forward_fast(x)  # (batch, pos, d_model)
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
+                positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for the next token at every position: ``(batch, pos, d_vocab)``.
+
+        ``cache``: a :class:`KVCache`; ``tokens`` are then the positions that
+        follow the ones already cached.  ``positions`` and ``mask`` let a
+        caller place left-padded prompts (see ``generate.py``)."""
+        return self.unembed(self.residual(tokens, cache, positions, mask))
+
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
+        """Mean cross-entropy (nats per token) of predicting ``targets``.
+
+        With ``chunk_size > 0`` the output layer and the loss are computed a
+        chunk of positions at a time, so the full ``(batch, pos, d_vocab)``
+        fp32 logits never exist at once (see :func:`chunked_cross_entropy`)."""
+        x = self.residual(tokens)  # (batch, pos, d_model)
+        if chunk_size > 0:
+            return chunked_cross_entropy(x, self.unembed.W_U, targets, chunk_size)
+        logits = self.unembed(x)  # (batch, pos, d_vocab)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Output layer + cross-entropy, a chunk of rows at a time, forward and backward.
+
+    The gradient of mean cross-entropy w.r.t. the logits is
+    ``(softmax(logits) - onehot(target)) / n``, so each chunk's logits can be
+    recomputed in the backward pass, turned into that gradient, multiplied
+    into the two inputs' gradients, and thrown away."""
+
+    @staticmethod
+    def forward(ctx, x, W_U, targets, chunk_size):
+        # x: (n, d_model); W_U: (d_model, d_vocab); targets: (n,)
+        n = x.shape[0]
+        total = x.new_zeros((), dtype=torch.float32)
+        for s in range(0, n, chunk_size):
+            logits = (x[s:s + chunk_size] @ W_U).float()  # (chunk, d_vocab)
+            total += F.cross_entropy(logits, targets[s:s + chunk_size], reduction="sum")
+        ctx.save_for_backward(x, W_U, targets)
+        ctx.chunk_size = chunk_size
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, W_U, targets = ctx.saved_tensors
+        n, chunk_size = x.shape[0], ctx.chunk_size
+        grad_x = torch.empty_like(x)
+        grad_W = torch.zeros(W_U.shape, dtype=torch.float32, device=W_U.device)
+        scale = grad_out / n
+        for s in range(0, n, chunk_size):
+            xs = x[s:s + chunk_size]
+            probs = (xs @ W_U).float().softmax(dim=-1)  # (chunk, d_vocab)
+            probs[torch.arange(xs.shape[0], device=x.device), targets[s:s + chunk_size]] -= 1.0
+            g = (probs * scale).to(x.dtype)  # d loss / d logits for this chunk
+            grad_x[s:s + chunk_size] = g @ W_U.T
+            grad_W += (xs.T @ g).float()
+        return grad_x, grad_W.to(W_U.dtype), None, None
+
+
+def chunked_cross_entropy(x: torch.Tensor, W_U: torch.Tensor, targets: torch.Tensor,
+                          chunk_size: int) -> torch.Tensor:
+    """Mean cross-entropy of ``x @ W_U`` against ``targets`` without ever
+    holding more than ``chunk_size`` rows of logits."""
+    # x: (batch, pos, d_model); targets: (batch, pos)
+    return _ChunkedCrossEntropy.apply(x.flatten(0, 1), W_U, targets.flatten(), chunk_size)
