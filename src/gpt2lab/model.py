@@ -113,13 +113,14 @@ class GPTConfig:
 
 # Presets by name.  The four GPT-2 sizes are OpenAI's; `mini` is the classic
 # walkthrough's demo model; `tiny` is small enough for tests to run in seconds.
+# All use GPT-2's vocabulary and derive d_head and d_mlp (d_model / n_heads, 4 x d_model).
 PRESETS: dict[str, dict] = {
     "gpt2": dict(n_layers=12, d_model=768, n_heads=12, n_ctx=1024),
     "gpt2-medium": dict(n_layers=24, d_model=1024, n_heads=16, n_ctx=1024),
     "gpt2-large": dict(n_layers=36, d_model=1280, n_heads=20, n_ctx=1024),
     "gpt2-xl": dict(n_layers=48, d_model=1600, n_heads=25, n_ctx=1024),
-    "mini": dict(n_layers=2, d_model=256, n_heads=4, d_head=64, d_mlp=1024, n_ctx=256),
-    "tiny": dict(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=32),
+    "mini": dict(n_layers=2, d_model=256, n_heads=4, n_ctx=256),  # 4 heads of 64, MLP 1024
+    "tiny": dict(n_layers=2, d_model=64, n_heads=4, n_ctx=32),  # 4 heads of 16, MLP 256
 }
 
 
@@ -256,8 +257,6 @@ class Attention(nn.Module):
         v = self.project(x, self.W_V, self.b_V)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (batch, head, key_pos, d_head), earlier positions included
-            if mask is None and q.shape[2] > 1:
-                mask = causal_mask(q.shape[2], k.shape[2], x.device)
         if self.fast:
             z = self.attend_fast(q, k, v, mask)
         else:
@@ -283,8 +282,14 @@ class Attention(nn.Module):
         """The fast path: one fused kernel computes the same thing without
         storing the pattern (flash / memory-efficient attention)."""
         p = self.dropout if self.training else 0.0
-        if mask is None:
+        n_q, n_k = q.shape[2], k.shape[2]
+        if mask is None and n_q == n_k:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        if mask is None and n_q > 1:
+            # SDPA's is_causal aligns the mask top-left; queries that follow a
+            # KV cache need it aligned bottom-right, so we build it ourselves.
+            mask = causal_mask(n_q, n_k, q.device)
+        # (a single new query may see every cached key: no mask at all)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
 

@@ -1,0 +1,248 @@
+"""The model, component by component, against Hugging Face's GPT2LMHeadModel.
+
+As in the classic clean-transformer walkthrough, each gpt2lab component is fed
+the *reference's own* input activations (captured with hooks on the
+transformers model) and must produce the reference's output.  LayerNorm
+parameters and all biases are perturbed away from their 1/0 initial values so
+that a swapped or ignored parameter cannot hide.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2lab.checkpoint import hf_config, hf_to_gpt2lab, load_state_strict
+from gpt2lab.model import GPT, GPTConfig, KVCache, LayerNorm, causal_mask
+
+transformers = pytest.importorskip("transformers")
+
+TOL = {"tiny": 1e-5, "mini": 1e-5, "gpt2": 1e-4}
+
+
+def make_pair(preset: str, seed: int = 0):
+    """A random HF GPT-2 and a gpt2lab GPT holding the very same weights."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig.from_preset(preset)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(cfg))).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "ln_" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)  # LayerNorm away from 1/0, biases non-zero
+    ours = GPT(cfg).eval()
+    load_state_strict(ours, hf_to_gpt2lab(hf.state_dict(), cfg), "test")
+    return cfg, hf, ours
+
+
+def capture(hf, tokens):
+    """Run the HF model and record (input, output) of each component."""
+    seen, handles = {}, []
+
+    def hook(name):
+        def fn(module, args, kwargs, output):
+            x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+            out = output[0] if isinstance(output, tuple) else output
+            seen[name] = (x.detach(), out.detach())
+        return fn
+
+    t = hf.transformer
+    modules = {"wte": t.wte, "wpe": t.wpe, "ln_f": t.ln_f}
+    for i, block in enumerate(t.h):
+        modules.update({f"h{i}": block, f"h{i}.ln_1": block.ln_1, f"h{i}.attn": block.attn,
+                        f"h{i}.ln_2": block.ln_2, f"h{i}.mlp": block.mlp})
+    for name, m in modules.items():
+        handles.append(m.register_forward_hook(hook(name), with_kwargs=True))
+    with torch.no_grad():
+        logits = hf(tokens).logits
+    for h in handles:
+        h.remove()
+    return seen, logits
+
+
+@pytest.fixture(scope="module", params=["tiny", "mini", "gpt2"])
+def pair(request):
+    cfg, hf, ours = make_pair(request.param)
+    tokens = torch.randint(0, cfg.d_vocab, (2, min(cfg.n_ctx, 24)))
+    seen, hf_logits = capture(hf, tokens)
+    return request.param, cfg, hf, ours, tokens, seen, hf_logits
+
+
+def err(a, b):
+    return (a - b).abs().max().item()
+
+
+def test_embeddings_match(pair):
+    preset, cfg, hf, ours, tokens, seen, _ = pair
+    with torch.no_grad():
+        assert err(ours.embed(tokens), seen["wte"][1]) <= TOL[preset]
+        assert err(ours.pos_embed(torch.arange(tokens.shape[1])), seen["wpe"][1][0]) <= TOL[preset]
+
+
+def test_each_layernorm_matches_plain_and_fast(pair):
+    preset, cfg, hf, ours, tokens, seen, _ = pair
+    with torch.no_grad():
+        for i, block in enumerate(ours.blocks):
+            for ln, key in ((block.ln1, f"h{i}.ln_1"), (block.ln2, f"h{i}.ln_2")):
+                x, ref = seen[key]
+                assert err(ln(x), ref) <= TOL[preset]
+                assert err(ln.forward_fast(x), ref) <= TOL[preset]
+        x, ref = seen["ln_f"]
+        assert err(ours.ln_final(x), ref) <= TOL[preset]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_each_attention_matches(pair, fast):
+    preset, cfg, hf, ours, tokens, seen, _ = pair
+    with torch.no_grad():
+        for i, block in enumerate(ours.blocks):
+            block.attn.fast = fast
+            x, ref = seen[f"h{i}.attn"]
+            assert err(block.attn(x), ref) <= TOL[preset]
+    ours.set_fast_attention(True)
+
+
+def test_each_mlp_and_block_matches(pair):
+    preset, cfg, hf, ours, tokens, seen, _ = pair
+    with torch.no_grad():
+        for i, block in enumerate(ours.blocks):
+            x, ref = seen[f"h{i}.mlp"]
+            assert err(block.mlp(x), ref) <= TOL[preset]
+            x, ref = seen[f"h{i}"]
+            assert err(block(x), ref) <= TOL[preset]
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_full_logits_match(pair, fast):
+    preset, cfg, hf, ours, tokens, seen, hf_logits = pair
+    ours.set_fast_attention(fast)
+    with torch.no_grad():
+        assert err(ours(tokens), hf_logits) <= TOL[preset]
+    ours.set_fast_attention(True)
+
+
+def test_gpt2_parameter_count_is_124M_with_tied_embeddings():
+    model = GPT(GPTConfig.from_preset("gpt2"))
+    assert model.num_params() == 124_439_808
+    assert model.num_params(include_position=False) == 124_439_808 - 1024 * 768
+    # the unembedding is the embedding, not a copy
+    assert model.unembed.W_U.data_ptr() == model.embed.W_E.data_ptr()
+
+
+def test_gpt2_initialisation_scales_residual_projections():
+    torch.manual_seed(0)
+    cfg = GPTConfig.from_preset("mini")
+    model = GPT(cfg)
+    std = cfg.init_range
+    assert model.embed.W_E.std().item() == pytest.approx(std, rel=0.02)
+    assert model.blocks[0].mlp.W_in.std().item() == pytest.approx(std, rel=0.05)
+    expected = std / math.sqrt(2 * cfg.n_layers)
+    assert model.blocks[0].mlp.W_out.std().item() == pytest.approx(expected, rel=0.05)
+    assert model.blocks[0].attn.W_O.std().item() == pytest.approx(expected, rel=0.05)
+    assert torch.all(model.blocks[0].ln1.w == 1) and torch.all(model.blocks[0].attn.b_Q == 0)
+
+
+def test_plain_and_fused_attention_agree_with_dropout_off_and_gradients():
+    torch.manual_seed(1)
+    model = GPT(GPTConfig.from_preset("tiny"))
+    tokens = torch.randint(0, 50257, (3, 32))
+    outs, grads = [], []
+    for fast in (False, True):
+        model.zero_grad()
+        model.set_fast_attention(fast)
+        logits = model(tokens)
+        logits.square().mean().backward()
+        outs.append(logits.detach())
+        grads.append(model.blocks[0].attn.W_Q.grad.clone())
+    assert err(*outs) <= 1e-5
+    assert err(*grads) <= 1e-6
+
+
+def test_layernorm_plain_equals_fused():
+    cfg = GPTConfig.from_preset("tiny")
+    ln = LayerNorm(cfg)
+    with torch.no_grad():
+        ln.w.normal_()
+        ln.b.normal_()
+    x = torch.randn(4, 7, cfg.d_model) * 3 + 1
+    assert err(ln(x), ln.forward_fast(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_chunked_loss_equals_plain_loss_and_gradients(chunk):
+    torch.manual_seed(2)
+    model = GPT(GPTConfig.from_preset("tiny"))
+    tokens = torch.randint(0, 50257, (2, 20))
+    targets = torch.randint(0, 50257, (2, 20))
+    results = []
+    for c in (0, chunk):
+        model.zero_grad()
+        loss = model.loss(tokens, targets, chunk_size=c)
+        loss.backward()
+        results.append((loss.item(), model.embed.W_E.grad.clone(), model.blocks[1].mlp.W_in.grad.clone()))
+    (l0, e0, m0), (l1, e1, m1) = results
+    assert l1 == pytest.approx(l0, abs=1e-5)
+    assert err(e0, e1) <= 1e-6 and err(m0, m1) <= 1e-6
+    # and the plain loss is the textbook cross-entropy of the logits
+    with torch.no_grad():
+        ref = F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).item()
+    assert l0 == pytest.approx(ref, abs=1e-5)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_kv_cache_gives_the_same_logits_as_a_full_forward(fast):
+    torch.manual_seed(3)
+    cfg = GPTConfig.from_preset("tiny")
+    model = GPT(cfg).eval()
+    model.set_fast_attention(fast)
+    tokens = torch.randint(0, cfg.d_vocab, (2, cfg.n_ctx))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = KVCache(cfg, batch=2)
+        pieces = [model(tokens[:, :5], cache)]  # a prompt of 5, then one token at a time, then a chunk of 3
+        for i in range(5, 20):
+            pieces.append(model(tokens[:, i:i + 1], cache))
+        pieces.append(model(tokens[:, 20:], cache))
+    assert cache.length == cfg.n_ctx
+    assert err(torch.cat(pieces, dim=1), full) <= 1e-5
+
+
+def test_causal_mask_is_lower_triangular_with_offset():
+    m = causal_mask(2, 4)
+    assert m.tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_future_tokens_do_not_change_past_logits():
+    model = GPT(GPTConfig.from_preset("tiny")).eval()
+    a = torch.randint(0, 50257, (1, 16))
+    b = a.clone()
+    b[0, 10:] = torch.randint(0, 50257, (6,))
+    with torch.no_grad():
+        assert err(model(a)[0, :10], model(b)[0, :10]) == 0.0
+        assert err(model(a)[0, 10:], model(b)[0, 10:]) > 0.0
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("d_model", 102, "divisible"),
+    ("n_layers", 0, "n_layers"),
+    ("n_heads", -1, "n_heads"),
+    ("dropout", 1.0, "dropout"),
+    ("dropout", -0.1, "dropout"),
+    ("d_vocab", 0, "d_vocab"),
+])
+def test_invalid_config_names_the_field(field, value, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        GPTConfig.from_preset("tiny", **{field: value})
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown preset.*mini"):
+        GPTConfig.from_preset("gpt5")
+
+
+def test_presets_rederive_head_width():
+    cfg = GPTConfig.from_preset("gpt2", d_model=128, n_heads=4)
+    assert cfg.d_head == 32 and cfg.d_mlp == 512
+    mini = GPTConfig.from_preset("mini")
+    assert (mini.n_layers, mini.d_model, mini.n_heads, mini.d_head, mini.d_mlp, mini.n_ctx, mini.d_vocab) == \
+        (2, 256, 4, 64, 1024, 256, 50257)
