@@ -30,3 +30,22 @@ def assert_user_error(proc, *fragments):
     assert len(lines) == 1, proc.stderr
     for frag in fragments:
         assert frag.lower() in lines[0].lower(), lines[0]
+
+
+def random_hf_model(preset: str = "tiny", seed: int = 0, **overrides):
+    """A randomly initialised transformers GPT2LMHeadModel for a gpt2lab preset,
+    with LayerNorm parameters and biases moved away from 1/0 so that a swapped
+    or ignored parameter cannot hide in a parity test."""
+    import transformers
+
+    from gpt2lab.checkpoint import hf_config
+    from gpt2lab.model import GPTConfig
+
+    torch.manual_seed(seed)
+    cfg = GPTConfig.from_preset(preset, **overrides)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(cfg))).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "ln_" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return cfg, hf

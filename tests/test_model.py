@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2lab.checkpoint import hf_config, hf_to_gpt2lab, load_state_strict
+from conftest import random_hf_model
+from gpt2lab.checkpoint import hf_to_gpt2lab, load_state_strict
 from gpt2lab.model import GPT, GPTConfig, KVCache, LayerNorm, causal_mask
 
 transformers = pytest.importorskip("transformers")
@@ -23,13 +24,7 @@ TOL = {"tiny": 1e-5, "mini": 1e-5, "gpt2": 1e-4}
 
 def make_pair(preset: str, seed: int = 0):
     """A random HF GPT-2 and a gpt2lab GPT holding the very same weights."""
-    torch.manual_seed(seed)
-    cfg = GPTConfig.from_preset(preset)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(cfg))).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "ln_" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)  # LayerNorm away from 1/0, biases non-zero
+    cfg, hf = random_hf_model(preset, seed)
     ours = GPT(cfg).eval()
     load_state_strict(ours, hf_to_gpt2lab(hf.state_dict(), cfg), "test")
     return cfg, hf, ours

@@ -214,7 +214,10 @@ def hf_to_gpt2lab(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torc
         if src not in sd:
             return  # reported as missing by load_state_strict
         t = sd.pop(src)
-        out[dst] = t.reshape(shape) if shape is not None and t.numel() == torch.Size(shape).numel() else t
+        if shape is not None and t.numel() != torch.Size(shape).numel():
+            raise UserError(f"weights do not match the config: {src} has shape {tuple(t.shape)}, "
+                            f"the config expects {tuple(shape)} elements' worth")
+        out[dst] = t.reshape(shape) if shape is not None else t  # other shapes are checked on load
 
     take("wte.weight", "embed.W_E")
     take("wpe.weight", "pos_embed.W_pos")
@@ -222,14 +225,20 @@ def hf_to_gpt2lab(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torc
         p, q = f"h.{i}.", f"blocks.{i}."
         take(p + "ln_1.weight", q + "ln1.w")
         take(p + "ln_1.bias", q + "ln1.b")
-        if p + "attn.c_attn.weight" in sd and sd[p + "attn.c_attn.weight"].shape == (d, 3 * d):
-            w = sd.pop(p + "attn.c_attn.weight")  # (d_model, 3 * d_model): Q | K | V
-            for name, part in zip("QKV", w.split(d, dim=1)):
-                out[q + f"attn.W_{name}"] = part.reshape(d, h, e)
-        if p + "attn.c_attn.bias" in sd and sd[p + "attn.c_attn.bias"].shape == (3 * d,):
-            b = sd.pop(p + "attn.c_attn.bias")
-            for name, part in zip("QKV", b.split(d)):
-                out[q + f"attn.b_{name}"] = part.reshape(h, e)
+        # The fused query/key/value projection, split into our three.
+        for kind, shape, split in (("weight", (d, 3 * d), lambda t: t.split(d, dim=1)),
+                                   ("bias", (3 * d,), lambda t: t.split(d))):
+            src = p + "attn.c_attn." + kind
+            if src not in sd:
+                continue
+            if sd[src].shape != shape:
+                raise UserError(f"weights do not match the config: {src} has shape {tuple(sd[src].shape)}, "
+                                f"the config expects {shape}")
+            for name, part in zip("QKV", split(sd.pop(src))):
+                if kind == "weight":
+                    out[q + f"attn.W_{name}"] = part.reshape(d, h, e)  # (d_model, n_heads, d_head)
+                else:
+                    out[q + f"attn.b_{name}"] = part.reshape(h, e)  # (n_heads, d_head)
         take(p + "attn.c_proj.weight", q + "attn.W_O", (h, e, d))
         take(p + "attn.c_proj.bias", q + "attn.b_O")
         take(p + "ln_2.weight", q + "ln2.w")
