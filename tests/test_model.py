@@ -67,11 +67,19 @@ def err(a, b):
     return (a - b).abs().max().item()
 
 
+def check(preset, what, ours, ref):
+    """Assert parity within the preset's tolerance, and print the error
+    (``pytest tests/test_model.py -k match -s`` shows the table)."""
+    e = err(ours, ref)
+    print(f"parity {preset:5s} {what:28s} max abs error {e:.2e}")
+    assert e <= TOL[preset], f"{what}: {e}"
+
+
 def test_embeddings_match(pair):
     preset, cfg, hf, ours, tokens, seen, _ = pair
     with torch.no_grad():
-        assert err(ours.embed(tokens), seen["wte"][1]) <= TOL[preset]
-        assert err(ours.pos_embed(torch.arange(tokens.shape[1])), seen["wpe"][1][0]) <= TOL[preset]
+        check(preset, "token embedding", ours.embed(tokens), seen["wte"][1])
+        check(preset, "position embedding", ours.pos_embed(torch.arange(tokens.shape[1])), seen["wpe"][1][0])
 
 
 def test_each_layernorm_matches_plain_and_fast(pair):
@@ -80,10 +88,10 @@ def test_each_layernorm_matches_plain_and_fast(pair):
         for i, block in enumerate(ours.blocks):
             for ln, key in ((block.ln1, f"h{i}.ln_1"), (block.ln2, f"h{i}.ln_2")):
                 x, ref = seen[key]
-                assert err(ln(x), ref) <= TOL[preset]
-                assert err(ln.forward_fast(x), ref) <= TOL[preset]
+                check(preset, f"{key} (plain)", ln(x), ref)
+                check(preset, f"{key} (fused)", ln.forward_fast(x), ref)
         x, ref = seen["ln_f"]
-        assert err(ours.ln_final(x), ref) <= TOL[preset]
+        check(preset, "ln_f", ours.ln_final(x), ref)
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -93,7 +101,7 @@ def test_each_attention_matches(pair, fast):
         for i, block in enumerate(ours.blocks):
             block.attn.fast = fast
             x, ref = seen[f"h{i}.attn"]
-            assert err(block.attn(x), ref) <= TOL[preset]
+            check(preset, f"h{i}.attn ({'sdpa' if fast else 'plain'})", block.attn(x), ref)
     ours.set_fast_attention(True)
 
 
@@ -102,9 +110,9 @@ def test_each_mlp_and_block_matches(pair):
     with torch.no_grad():
         for i, block in enumerate(ours.blocks):
             x, ref = seen[f"h{i}.mlp"]
-            assert err(block.mlp(x), ref) <= TOL[preset]
+            check(preset, f"h{i}.mlp", block.mlp(x), ref)
             x, ref = seen[f"h{i}"]
-            assert err(block(x), ref) <= TOL[preset]
+            check(preset, f"h{i} (block)", block(x), ref)
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -112,7 +120,7 @@ def test_full_logits_match(pair, fast):
     preset, cfg, hf, ours, tokens, seen, hf_logits = pair
     ours.set_fast_attention(fast)
     with torch.no_grad():
-        assert err(ours(tokens), hf_logits) <= TOL[preset]
+        check(preset, f"logits ({'sdpa' if fast else 'plain'})", ours(tokens), hf_logits)
     ours.set_fast_attention(True)
 
 
