@@ -137,13 +137,68 @@ def cmd_info(args) -> None:
         print(f"  parameters       {info['parameters']:,} (tied embeddings, positions included)")
 
 
+def cmd_train(args) -> None:
+    from .model import GPTConfig
+    from .train import DEFAULT_MODEL_OVERRIDES, DEFAULT_PRESET, TrainConfig, train
+
+    train_over = config_overrides(args, TrainConfig)
+    model_over = config_overrides(args, GPTConfig)
+    if args.resume is not None:
+        if args.preset is not None:
+            raise UserError("--preset cannot be combined with --resume: a resumed run keeps its model")
+        result = train(TrainConfig(), resume=args.resume, train_overrides=train_over, model_overrides=model_over)
+    else:
+        cfg = TrainConfig(**train_over)
+        if args.preset is None:  # the default recipe's model
+            model_cfg = GPTConfig.from_preset(DEFAULT_PRESET, **{**DEFAULT_MODEL_OVERRIDES, **model_over})
+        else:
+            model_cfg = GPTConfig.from_preset(args.preset, **model_over)
+        result = train(cfg, model_cfg, model_overrides=model_over)
+    m = result.metrics
+    summary = {"run_dir": str(result.run_dir), "step": result.step, "tokens": result.tokens,
+               "stopped_by": result.stopped_by, "val_loss": m.get("val_loss"), "val_bpb": m.get("val_bpb"),
+               "checkpoint": str(result.checkpoint) if result.checkpoint else None, "sample": result.sample}
+    if args.json:
+        print_json(summary)
+        return
+    val = f"val loss {m['val_loss']:.4f}, {m['val_bpb']:.4f} bits/byte" if "val_loss" in m else "no evaluation"
+    print(f"stopped at step {result.step} ({result.stopped_by}), {result.tokens:,} tokens: {val}")
+    print(f"run directory {result.run_dir}: metrics.jsonl, loss.png, checkpoint {result.checkpoint}")
+    if result.sample:
+        print("\n--- sample ---")
+        print(result.sample.replace("<|endoftext|>", "\n"))
+
+
+def cmd_plot(args) -> None:
+    from pathlib import Path
+
+    from .plots import plot_runs
+
+    for d in args.runs:
+        if not Path(d).is_dir():
+            raise UserError(f"{d} is not a run directory")
+    out = args.out or (str(Path(args.runs[0]) / "loss.png") if len(args.runs) == 1 else "loss_compare.png")
+    path = plot_runs(args.runs, out, metric=args.metric)
+    if args.json:
+        print_json({"plot": str(path)})
+    else:
+        print(f"wrote {path}")
+
+
 # ---------------------------------------------------------------------------
 # Parser and entry point
 # ---------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other gpt2lab error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpt2lab", description="Build, train and run GPT-2 from scratch.")
+    parser = Parser(prog="gpt2lab", description="Build, train and run GPT-2 from scratch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -171,6 +226,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="or a preset name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, mini, tiny)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    from .model import GPTConfig
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="train a GPT-2 (no arguments: the default recipe on Shakespeare)",
+                       description="Train a GPT-2. Every TrainConfig and GPTConfig field is a flag.")
+    p.add_argument("--preset", help="model preset to start from (default: the recipe's mini model, n_ctx 128)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    add_config_flags(p, TrainConfig)
+    add_config_flags(p, GPTConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="PNG file (default: RUN_DIR/loss.png for one run, loss_compare.png for several)")
+    p.add_argument("--metric", choices=("loss", "bpb"), default="loss")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

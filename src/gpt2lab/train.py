@@ -1,0 +1,632 @@
+"""Training a GPT-2: the loop, its schedule, its data sampler, its checkpoints.
+
+One step of training:
+
+1. draw ``batch_size`` windows of ``n_ctx + 1`` tokens from the training
+   tokens (inputs are the first ``n_ctx``, targets the same shifted by one);
+2. compute the mean cross-entropy of predicting each next token and its
+   gradient, ``grad_accum`` times, adding the gradients up;
+3. clip the gradient's global norm to ``grad_clip``;
+4. take an AdamW step at the learning rate of this step: a linear warmup,
+   then a cosine decay down to ``min_lr``.
+
+Every ``eval_every`` steps the model is scored on a fixed set of validation
+windows (loss and bits per byte), ``metrics.jsonl`` and ``loss.png`` are
+updated; every ``checkpoint_every`` steps (and at the end) a checkpoint is
+written atomically.  Resuming restores the weights, the optimizer, the
+sampler's position and every random state, so a resumed run produces the
+very same losses as one that was never interrupted.
+
+A run directory::
+
+    RUN/
+      config.json          the resolved TrainConfig and GPTConfig
+      metrics.jsonl        one JSON object per logged step
+      loss.png             train/val loss and learning rate against tokens seen
+      checkpoints/
+        step_00000500/
+          model.safetensors   weights (see checkpoint.py)
+          model.json          model config + tokenizer
+          training_state.pt   optimizer, step, sampler and RNG state (tensors and plain containers only)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CHECKPOINTS, MODEL_META, fsync_dir, latest_checkpoint, load_state_strict, \
+    read_json, read_safetensors, MODEL_FILE, save_model, write_json
+from .errors import UserError
+from .model import GPT, GPTConfig
+
+STATE_FILE = "training_state.pt"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the model's shape (``GPTConfig``).
+
+    The defaults are the default recipe: the best validation bits per byte we
+    measured in about five minutes on two CPU cores (see the README)."""
+
+    # data
+    data: str = "shakespeare"  # shakespeare, a file, a directory, or hf:DATASET[:CONFIG]
+    text_field: str = "text"  # the field/column holding the text in .jsonl, .parquet and HF datasets
+    hf_split: str = "train"  # the split of a Hugging Face dataset
+    val_fraction: float = 0.1  # held-out tail of the tokens (not for shakespeare: whole plays)
+    tokenizer: str = "gpt2"  # gpt2 or the path of a tokenizer JSON file
+    # run
+    out: str | None = None  # run directory; default runs/<timestamp>
+    seed: int = 1337
+    device: str = "cpu"  # cpu, cuda, cuda:1, mps
+    threads: int = 0  # torch CPU threads; 0: torch's default (all cores)
+    # batch and optimisation
+    batch_size: int = 16  # sequences per micro-step per process
+    grad_accum: int = 1  # micro-steps whose gradients add up to one step
+    lr: float = 3e-3  # peak learning rate
+    min_lr: float = 3e-4  # floor of the cosine decay
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False  # also decay the (tied) token and position embeddings
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    loss_chunk: int = 0  # rows of logits per chunk in the loss (0: all at once)
+    # when to stop (whichever comes first)
+    max_steps: int = 600
+    epochs: float | None = None  # passes over the training windows, sampled without replacement
+    max_minutes: float | None = None  # wall-clock limit
+    # logging, evaluation, checkpoints
+    log_every: int = 1
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    sample_tokens: int = 200  # tokens of text generated at the end (0: none)
+    sample_temperature: float = 0.8
+    sample_top_k: int = 40
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        positive_int = ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "eval_batches",
+                        "checkpoint_every", "keep_checkpoints")
+        for name in positive_int:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in ("warmup_steps", "sample_tokens", "loss_chunk", "threads", "sample_top_k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be a non-negative integer, got {v!r}")
+        for name in ("lr",):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise UserError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
+        for name in ("min_lr", "weight_decay", "grad_clip", "sample_temperature"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise UserError(f"--{name.replace('_', '-')} must be a non-negative number, got {v!r}")
+        if self.min_lr > self.lr:
+            raise UserError(f"--min-lr ({self.min_lr}) must not exceed --lr ({self.lr})")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("epochs", "max_minutes"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {v!r}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The default model: the `mini` preset (2 layers, d_model 256) with a shorter
+# context, chosen by measurement for CPU training (see the README).
+DEFAULT_PRESET = "mini"
+DEFAULT_MODEL_OVERRIDES = dict(n_ctx=128)
+
+# Fields that may change when resuming (they do not change what was learned so far).
+RESUMABLE_CHANGES = {"max_steps", "epochs", "max_minutes", "log_every", "eval_every", "checkpoint_every",
+                     "keep_checkpoints", "sample_tokens", "sample_temperature", "sample_top_k", "progress",
+                     "device", "threads", "out"}
+
+
+# ---------------------------------------------------------------------------
+# Learning-rate schedule and optimizer
+# ---------------------------------------------------------------------------
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warmup from ~0 to ``lr`` over ``warmup_steps``, then a cosine
+    decay from ``lr`` to ``min_lr`` at ``total_steps``.  ``step`` counts from 0."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(total_steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: GPT, cfg: TrainConfig) -> list[dict]:
+    """Weight decay on matrices only: the weight matrices (``W_*``, 2 or more
+    dimensions), except the embeddings unless ``decay_embeddings``.  Biases
+    (even the per-head ``b_Q``, which is 2-D) and LayerNorm scales/shifts are
+    never decayed: pulling them toward zero only fights the normalisation."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        is_embedding = name in ("embed.W_E", "pos_embed.W_pos")
+        is_matrix = p.dim() >= 2 and name.rsplit(".", 1)[-1].startswith("W_")
+        if is_matrix and (cfg.decay_embeddings or not is_embedding):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return [{"params": decay, "weight_decay": cfg.weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+
+
+# ---------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------
+
+
+class WindowSampler:
+    """Chooses where the windows of each batch start.
+
+    * Random mode (default): each window starts at a uniformly random token,
+      drawn from a seeded ``torch.Generator``.
+    * Epoch mode (``epochs`` set): the tokens are cut into non-overlapping
+      windows and every epoch visits each exactly once, in an order given by
+      a permutation seeded with ``(seed, epoch)``.
+
+    Its whole state (epoch, position, generator state) is saved in
+    checkpoints and restored exactly.  ``rank``/``world_size`` give each
+    process its own part of every global batch (for data-parallel training)."""
+
+    def __init__(self, n_tokens: int, n_ctx: int, batch_size: int, seed: int, epoch_mode: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        self.n_tokens, self.n_ctx, self.batch_size = n_tokens, n_ctx, batch_size
+        self.seed, self.epoch_mode, self.rank, self.world_size = seed, epoch_mode, rank, world_size
+        self.n_windows = (n_tokens - 1) // n_ctx  # non-overlapping windows of n_ctx + 1 tokens
+        self.epoch, self.position = 0, 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self._perm: torch.Tensor | None = None
+
+    def permutation(self) -> torch.Tensor:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            self._perm = torch.randperm(self.n_windows, generator=g)
+        return self._perm
+
+    def next_starts(self) -> torch.Tensor:
+        """Start offsets of this process's ``batch_size`` windows: ``(batch_size,)``."""
+        global_batch = self.batch_size * self.world_size
+        if not self.epoch_mode:
+            starts = torch.randint(0, self.n_tokens - self.n_ctx, (global_batch,), generator=self.generator)
+        else:
+            picked = []
+            while len(picked) < global_batch:
+                perm = self.permutation()
+                take = min(global_batch - len(picked), self.n_windows - self.position)
+                picked.append(perm[self.position:self.position + take])
+                self.position += take
+                if self.position == self.n_windows:  # epoch done: the next one reshuffles
+                    self.epoch, self.position, self._perm = self.epoch + 1, 0, None
+                picked = [torch.cat(picked)]
+            starts = picked[0] * self.n_ctx
+        return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.position / max(self.n_windows, 1)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
+        self.generator.set_state(state["generator"])
+
+
+def get_batch(tokens: np.ndarray, starts: torch.Tensor, n_ctx: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets ``(batch, n_ctx)`` for windows starting at ``starts``."""
+    rows = np.stack([np.asarray(tokens[s:s + n_ctx + 1], dtype=np.int64) for s in starts.tolist()])
+    xy = torch.from_numpy(rows)  # (batch, n_ctx + 1)
+    return xy[:, :-1].to(device), xy[:, 1:].to(device)
+
+
+def eval_starts(n_tokens: int, n_ctx: int, count: int) -> torch.Tensor:
+    """A fixed, evenly spread set of validation windows (no randomness, so
+    evaluating never disturbs the training random streams)."""
+    last = n_tokens - n_ctx - 1
+    if count == 1 or last <= 0:
+        return torch.zeros(count, dtype=torch.long)
+    return torch.linspace(0, last, count).round().long()
+
+
+@torch.no_grad()
+def evaluate(model: GPT, val: np.ndarray, cfg: TrainConfig, n_ctx: int, device, bytes_per_token: float) -> dict:
+    """Mean validation loss over the fixed windows, and bits per byte."""
+    was_training = model.training
+    model.eval()
+    starts = eval_starts(len(val), n_ctx, cfg.eval_batches * cfg.batch_size)
+    losses = []
+    for s in starts.split(cfg.batch_size):
+        x, y = get_batch(val, s, n_ctx, device)
+        losses.append(float(model.loss(x, y, chunk_size=cfg.loss_chunk)))
+    model.train(was_training)
+    loss = sum(losses) / len(losses)
+    # bits per byte = total bits / total bytes = (nats per token / ln 2) / (bytes per token)
+    return {"val_loss": loss, "val_bpb": loss / math.log(2) / bytes_per_token}
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
+
+
+def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer, optimizer, sampler: WindowSampler,
+                    extra: dict, keep: int) -> Path:
+    """Write a complete checkpoint into a temporary directory, fsync it, then
+    rename it into place: a crash at any moment leaves the previous
+    checkpoints untouched and never a half-written one under a real name.
+    Then delete all but the newest ``keep``."""
+    folder = Path(run_dir) / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    final = step_dir(run_dir, step)
+    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tokenizer, tmp)  # each file written atomically and fsynced
+    state = {"step": step, "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+             "torch_rng": torch.get_rng_state(), **extra}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    with open(tmp / STATE_FILE, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(tmp)
+    if final.exists():  # the same step saved again (e.g. a resumed run that had nothing to do)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fsync_dir(folder)
+    steps = sorted((p for p in folder.iterdir() if re.fullmatch(r"step_\d+", p.name)), key=lambda p: p.name)
+    for old in steps[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_training_state(ckpt: Path) -> dict:
+    path = ckpt / STATE_FILE
+    if not path.is_file():
+        raise UserError(f"checkpoint {ckpt} has no {STATE_FILE}; it cannot be resumed")
+    try:
+        # weights_only=True: tensors and plain containers only, never arbitrary objects.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means an unusable file
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------------------
+# Run directories
+# ---------------------------------------------------------------------------
+
+
+def default_run_dir() -> Path:
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def prepare_run_dir(path: Path) -> None:
+    """Create a fresh run directory, refusing one that already holds something."""
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"--out {path} is a file; choose a directory")
+        if (path / CONFIG_FILE).exists() or (path / CHECKPOINTS).exists():
+            raise UserError(f"{path} already holds a training run; continue it with --resume {path} "
+                            "or choose a new --out directory")
+        if any(path.iterdir()):
+            raise UserError(f"--out {path} is not empty; choose a new or empty directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".gpt2lab-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to --out {path}: {e.strerror}") from None
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after ``step`` (by a run killed after its last
+    checkpoint), so a resumed run's log reads as one uninterrupted run."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_json_lines(path, keep)
+
+
+def write_json_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# The training run
+# ---------------------------------------------------------------------------
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    tokens: int
+    metrics: dict  # the last logged metrics
+    checkpoint: Path | None
+    stopped_by: str
+    sample: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}; use cpu, cuda or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available; use --device cpu")
+    return device
+
+
+def check_compatible(saved: dict, new: dict, what: str, run_dir: Path) -> None:
+    changed = [k for k in new if k in saved and saved[k] != new[k] and k not in RESUMABLE_CHANGES]
+    if changed:
+        k = changed[0]
+        raise UserError(f"--resume {run_dir}: {what} field {k} was {saved[k]!r}, now {new[k]!r}; "
+                        "an incompatible config cannot resume this run (start a new --out instead)")
+
+
+def load_run_config(run_dir: Path) -> tuple[TrainConfig, GPTConfig]:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"--resume {run_dir}: no {CONFIG_FILE}; is it a gpt2lab run directory?")
+    d = read_json(path)
+    try:
+        return TrainConfig(**d["train"]), GPTConfig(**d["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"--resume {run_dir}: bad {CONFIG_FILE} ({e})") from None
+
+
+def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Path | None = None,
+          train_overrides: dict | None = None, model_overrides: dict | None = None, log=print,
+          on_step=None) -> RunResult:
+    """Run (or resume) a training run.  Returns where it stopped.
+
+    With ``resume``, the run's saved config is used, with ``train_overrides``
+    and ``model_overrides`` (what the user set explicitly) applied on top;
+    changing anything but the stopping rule and the logging is refused.
+    ``on_step(step)`` is called after every step (tests use it to simulate a crash)."""
+    from .data import parse_source, prepare_tokens
+    from .tokenizer import load_tokenizer
+
+    start = time.monotonic()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise UserError(f"--resume {run_dir}: no such run directory")
+        saved_cfg, saved_model = load_run_config(run_dir)
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None or not (ckpt / STATE_FILE).is_file():
+            raise UserError(f"--resume {run_dir}: no checkpoint to resume from; start a new run instead")
+        check_compatible(saved_cfg.to_dict(), train_overrides or {}, "training", run_dir)
+        check_compatible(saved_model.to_dict(), model_overrides or {}, "model", run_dir)
+        cfg = dataclasses.replace(saved_cfg, **{k: v for k, v in (train_overrides or {}).items() if k != "out"})
+        cfg.out = str(run_dir)
+        model_cfg = saved_model
+    else:
+        ckpt = None
+        model_cfg = model_cfg or GPTConfig.from_preset(DEFAULT_PRESET, **DEFAULT_MODEL_OVERRIDES)
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir()
+        cfg = dataclasses.replace(cfg, out=str(run_dir))
+
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    if resume is None and "d_vocab" not in (model_overrides or {}):
+        model_cfg = dataclasses.replace(model_cfg, d_vocab=tokenizer.n_vocab)  # fit the output layer to the tokenizer
+    if tokenizer.n_vocab > model_cfg.d_vocab:
+        raise UserError(f"the tokenizer has {tokenizer.n_vocab} tokens but --d-vocab is {model_cfg.d_vocab}; "
+                        "leave --d-vocab unset to match the tokenizer")
+
+    source = parse_source(cfg.data, cfg.text_field, cfg.hf_split)
+    created = resume is None and not run_dir.exists()
+    if resume is None:
+        prepare_run_dir(run_dir)
+    try:
+        shards = prepare_tokens(source, tokenizer, cfg.val_fraction, progress=cfg.progress)
+    except BaseException:
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # leave nothing behind for a run that never started
+        raise
+    train_tokens, val_tokens = shards.train, shards.val
+    n_ctx = model_cfg.n_ctx
+    for name, toks in (("training", train_tokens), ("validation", val_tokens)):
+        if len(toks) < n_ctx + 1:
+            raise UserError(f"the {name} split of {cfg.data} has {len(toks)} tokens, fewer than one context "
+                            f"window ({n_ctx + 1}); give more text or a smaller --n-ctx")
+
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * n_ctx
+    total_steps = cfg.max_steps
+    if cfg.epochs is not None:
+        windows_per_step = cfg.batch_size * cfg.grad_accum
+        n_windows = (len(train_tokens) - 1) // n_ctx
+        total_steps = min(total_steps, math.ceil(cfg.epochs * n_windows / windows_per_step))
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(device)
+    model.train()
+    optimizer = make_optimizer(model, cfg)
+    sampler = WindowSampler(len(train_tokens), n_ctx, cfg.batch_size, cfg.seed, epoch_mode=cfg.epochs is not None)
+    step, tokens_seen, elapsed_before = 0, 0, 0.0
+    if ckpt is not None:
+        load_state_strict(model, read_safetensors(ckpt / MODEL_FILE), ckpt / MODEL_FILE)
+        state = load_training_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        step, tokens_seen = int(state["step"]), int(state["tokens"])
+        elapsed_before = float(state.get("elapsed", 0.0))
+        trim_metrics(run_dir / METRICS_FILE, step)
+        log(f"resuming {run_dir} from step {step}")
+    write_json(run_dir / CONFIG_FILE, {"train": cfg.to_dict(), "model": model_cfg.to_dict(),
+                                       "tokenizer": tokenizer.to_dict(), "data": shards.header["source"],
+                                       "tokens": {"train": len(train_tokens), "val": len(val_tokens),
+                                                  "cache": str(shards.folder)}})
+    if resume is None:
+        log(f"run {run_dir}: {model.num_params():,} parameters, {len(train_tokens):,} training tokens, "
+            f"{tokens_per_step:,} tokens per step, {total_steps} steps")
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, desc="training", disable=not cfg.progress, dynamic_ncols=True,
+               file=sys.stderr)
+    metrics_file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
+    last_ckpt, last_metrics, stopped_by = ckpt, {}, "max_steps"
+    if ckpt is not None:
+        from .plots import read_metrics
+
+        for r in read_metrics(run_dir) if (run_dir / METRICS_FILE).is_file() else []:
+            last_metrics.update(r)
+    extra = lambda: {"step": step, "tokens": tokens_seen, "elapsed": elapsed_before + time.monotonic() - start}  # noqa: E731
+    run_start = time.monotonic()
+    window_start, window_tokens = time.monotonic(), 0
+    try:
+        while True:
+            if step >= total_steps:
+                stopped_by = "epochs" if cfg.epochs is not None and total_steps < cfg.max_steps else "max_steps"
+                break
+            if cfg.max_minutes is not None and (time.monotonic() - run_start) / 60 >= cfg.max_minutes:
+                stopped_by = "max_minutes"
+                break
+            lr = lr_at(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for _ in range(cfg.grad_accum):
+                x, y = get_batch(train_tokens, sampler.next_starts(), n_ctx, device)
+                loss = model.loss(x, y, chunk_size=cfg.loss_chunk)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item()
+            loss_value = loss_sum / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                                       else float("inf"))
+            if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+                where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+                raise TrainingDiverged(f"loss became {loss_value} at step {step + 1} (gradient norm {float(grad_norm)}), "
+                                       f"training stopped{where}; try a lower --lr")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            window_tokens += tokens_per_step
+            bar.update(1)
+            now = time.monotonic()
+            tok_s = window_tokens / max(now - window_start, 1e-9)
+            row = None
+            if step % cfg.log_every == 0 or step == total_steps:
+                row = {"step": step, "tokens": tokens_seen, "loss": loss_value, "lr": lr,
+                       "tokens_per_sec": round(tok_s, 1)}
+                window_start, window_tokens = now, 0
+            if step % cfg.eval_every == 0 or step == total_steps:
+                row = row or {"step": step, "tokens": tokens_seen, "loss": loss_value, "lr": lr,
+                              "tokens_per_sec": round(tok_s, 1)}
+                row.update(evaluate(model, val_tokens, cfg, n_ctx, device, shards.val_bytes_per_token))
+            if row is not None:
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                last_metrics = {**last_metrics, **row}
+                bar.set_postfix_str(f"loss {loss_value:.3f} lr {lr:.1e} {tok_s:,.0f} tok/s"
+                                    + (f" val {row['val_loss']:.3f}" if "val_loss" in row else ""))
+                if "val_loss" in row:
+                    refresh_plot(run_dir)
+            if step % cfg.checkpoint_every == 0:
+                last_ckpt = save_checkpoint(run_dir, step, model, tokenizer, optimizer, sampler, extra(),
+                                            cfg.keep_checkpoints)
+            if on_step is not None:
+                on_step(step)
+    finally:
+        metrics_file.close()
+        bar.close()
+    if last_ckpt is None or last_ckpt.name != step_dir(run_dir, step).name:
+        last_ckpt = save_checkpoint(run_dir, step, model, tokenizer, optimizer, sampler, extra(),
+                                    cfg.keep_checkpoints)
+    if "val_loss" not in last_metrics or last_metrics.get("step") != step:
+        row = {"step": step, "tokens": tokens_seen}
+        row.update(evaluate(model, val_tokens, cfg, n_ctx, device, shards.val_bytes_per_token))
+        with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        last_metrics = {**last_metrics, **row}
+    refresh_plot(run_dir)
+    result = RunResult(run_dir, step, tokens_seen, last_metrics, last_ckpt, stopped_by)
+    if cfg.sample_tokens > 0:
+        from .generate import sample
+
+        g = torch.Generator().manual_seed(cfg.seed)
+        ids = sample(model, [tokenizer.eot_token], cfg.sample_tokens, cfg.sample_temperature,
+                     cfg.sample_top_k or None, generator=g)
+        result.sample = tokenizer.decode(ids)
+    return result
+
+
+def refresh_plot(run_dir: Path) -> None:
+    from .plots import plot_runs
+
+    try:
+        plot_runs([run_dir], Path(run_dir) / "loss.png")
+    except UserError:
+        pass  # a picture is never worth stopping a run for

@@ -1,0 +1,134 @@
+"""Corpora and token shards: the embedded plays, other sources, caching."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gpt2lab import data
+from gpt2lab.errors import UserError
+from gpt2lab.tokenizer import gpt2_tokenizer
+
+from conftest import assert_user_error, run_cli
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("GPT2LAB_CACHE", str(folder))
+    return folder
+
+
+def test_play_normalisation_gives_speakers_and_verse():
+    md = (data.plays_dir() / "tragedies" / "macbeth.md").read_text(encoding="utf-8")
+    text = data.play_to_text(md)
+    assert text.startswith("ACT I\n\nSCENE I. A desert place.\n\nFirst Witch:\nWhen shall we three meet again\n")
+    assert "**" not in text and "_" not in text and "\\" not in text and "[" not in text
+    assert "Enter" not in text.split("\n\n")[2]  # stage directions dropped
+    assert "\nMACBETH:\n" in text
+    # A speech interrupted by a stage direction continues under the same speaker.
+    assert "Go get him surgeons.\nWho comes here?" in text
+
+
+def test_every_play_normalises_cleanly():
+    for path in data.play_files():
+        text = data.play_to_text(path.read_text(encoding="utf-8"))
+        assert "**" not in text and "\\[" not in text, path
+        assert text.count(":\n") > 100, path  # many speeches
+
+
+def test_validation_plays_are_disjoint_from_training():
+    stems = {p.stem for p in data.play_files()}
+    assert set(data.VALIDATION_PLAYS) <= stems
+    train = list(data.shakespeare_documents("train"))
+    val = list(data.shakespeare_documents("val"))
+    assert len(val) == len(data.VALIDATION_PLAYS) and len(train) == len(stems) - len(val)
+    assert not set(train) & set(val)
+    assert not any("HAMLET:" in t for t in train) and any("HAMLET:" in t for t in val)
+
+
+def test_shards_round_trip_and_are_reused(tmp_path, cache):
+    docs = ["First document.\nWith two lines.", "Second one, café ünïcode.", "Third"]
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"body": d}) + "\n" for d in docs), encoding="utf-8")
+    tok = gpt2_tokenizer()
+    shards = data.prepare_tokens(data.parse_source(str(src), text_field="body"), tok, val_fraction=0.2,
+                                 progress=False)
+    assert shards.header["dtype"] == "uint16" and shards.tokens.dtype == np.uint16
+    assert tok.decode(shards.tokens.tolist()) == "<|endoftext|>".join(docs) + "<|endoftext|>"
+    assert shards.header["n_documents"] == 3 and shards.header["tokenizer"] == {"kind": "gpt2"}
+    assert len(shards.train) + len(shards.val) == shards.header["n_tokens"]
+    stamp = (shards.folder / "tokens.bin").stat().st_mtime_ns
+    again = data.prepare_tokens(data.parse_source(str(src), text_field="body"), tok, val_fraction=0.2,
+                                progress=False)
+    assert again.folder == shards.folder and (again.folder / "tokens.bin").stat().st_mtime_ns == stamp
+    src.write_text(json.dumps({"body": "changed"}) + "\n", encoding="utf-8")
+    changed = data.prepare_tokens(data.parse_source(str(src), text_field="body"), tok, 0.2, progress=False)
+    assert changed.folder != shards.folder
+
+
+def test_uint32_for_big_vocabularies():
+    assert data.token_dtype(50257) == np.uint16 and data.token_dtype(100_000) == np.uint32
+
+
+def test_text_dir_and_parquet_sources(tmp_path, cache):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("alpha text", encoding="utf-8")
+    (tmp_path / "d" / "b.md").write_text("beta text", encoding="utf-8")
+    (tmp_path / "d" / "skip.bin").write_bytes(b"\x00\x01")
+    assert list(data.iter_documents(data.parse_source(str(tmp_path / "d")))) == ["alpha text", "beta text"]
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"text": ["one", "two"]}), tmp_path / "t.parquet")
+    assert list(data.iter_documents(data.parse_source(str(tmp_path / "t.parquet")))) == ["one", "two"]
+    big = tmp_path / "big.txt"
+    big.write_text("line of text\n" * 200_000, encoding="utf-8")
+    pieces = list(data.iter_text_file(big, chunk_bytes=1 << 16))
+    assert len(pieces) > 10 and "".join(pieces) == big.read_text(encoding="utf-8")
+
+
+def test_bad_sources_are_user_errors(tmp_path, cache):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello \xff world")
+    with pytest.raises(UserError, match=r"bad.txt.*offset 6"):
+        list(data.iter_documents(data.parse_source(str(bad))))
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"abc\x00def")
+    with pytest.raises(UserError, match="binary"):
+        list(data.iter_documents(data.parse_source(str(binary))))
+    with pytest.raises(UserError, match="does not exist"):
+        data.parse_source(str(tmp_path / "missing.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n ", encoding="utf-8")
+    with pytest.raises(UserError, match="empty"):
+        data.prepare_tokens(data.parse_source(str(empty)), gpt2_tokenizer(), progress=False)
+    js = tmp_path / "x.jsonl"
+    js.write_text('{"content": "x"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match="text-field"):
+        list(data.iter_documents(data.parse_source(str(js))))
+
+
+def test_hf_dataset_from_local_disk(tmp_path, cache):
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "ds"
+    datasets.Dataset.from_dict({"story": ["Once upon a time.", "The end."]}).save_to_disk(str(folder))
+    src = data.parse_source(f"hf:{folder}", text_field="story")
+    assert list(data.iter_documents(src)) == ["Once upon a time.", "The end."]
+    shards = data.prepare_tokens(src, gpt2_tokenizer(), val_fraction=0.3, progress=False)
+    assert shards.header["n_documents"] == 2
+    # The same code through datasets.load_dataset: a local folder of JSON lines as the "name".
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "train.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n', encoding="utf-8")
+    assert list(data.iter_documents(data.parse_source(f"hf:{tmp_path / 'hub'}"))) == ["a", "b"]
+    with pytest.raises(UserError, match="no split"):
+        list(data.iter_documents(data.parse_source(f"hf:{tmp_path / 'hub'}", hf_split="nope")))
+
+
+def test_hf_offline_uncached_is_one_line_error(tmp_path):
+    pytest.importorskip("datasets")
+    env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "GPT2LAB_CACHE": str(tmp_path / "cache")}
+    proc = run_cli("train", "--data", "hf:nobody/no-such-dataset-xyz", "--out", tmp_path / "run",
+                   "--progress", "false", env=env)
+    assert_user_error(proc, "no-such-dataset-xyz", "offline")

@@ -1,0 +1,275 @@
+"""The training loop: schedule, optimizer groups, sampler, reproducibility,
+exact resume, checkpoints, divergence, and the command line's refusals."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from gpt2lab import train as T
+from gpt2lab.checkpoint import latest_checkpoint, load_model
+from gpt2lab.errors import UserError
+from gpt2lab.model import GPT, GPTConfig
+
+from conftest import ROOT, assert_user_error, run_cli
+
+WORDS = ("the king is dead long live the queen my lord what news from rome "
+         "speak soft the night is young and full of stars").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small text corpus (about 60k tokens), fast to tokenize."""
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (8,), generator=g).tolist())
+             for _ in range(6000)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GPT2LAB_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
+
+
+def tiny_model(**kw):
+    return GPTConfig.from_preset("tiny", n_ctx=16, **kw)
+
+
+def cfg(corpus, out, **kw):
+    base = dict(data=str(corpus), out=str(out), batch_size=4, max_steps=8, warmup_steps=2, lr=1e-2,
+                min_lr=1e-3, eval_every=4, eval_batches=1, checkpoint_every=4, sample_tokens=0,
+                progress=False, seed=3)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def losses(run_dir):
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rows]
+
+
+def quiet(*a, **k):
+    pass
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    c = T.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10)
+    lrs = [T.lr_at(s, c, 110) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))  # warmup rises
+    assert all(a >= b for a, b in zip(lrs[9:110], lrs[10:111]))  # then decays
+    assert lrs[60] == pytest.approx(0.55)  # halfway through the cosine
+    assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)  # the floor
+
+
+def test_weight_decay_on_matrices_only():
+    model = GPT(tiny_model())
+    decay, no_decay = T.param_groups(model, T.TrainConfig())
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert "blocks.0.attn.W_Q" in decayed and "blocks.0.mlp.W_in" in decayed
+    assert not any(n.endswith((".b", ".w")) or ".b_" in n for n in decayed)
+    assert "embed.W_E" not in decayed and "pos_embed.W_pos" not in decayed
+    decay2, _ = T.param_groups(model, T.TrainConfig(decay_embeddings=True))
+    assert "embed.W_E" in {names[id(p)] for p in decay2["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_epoch_sampler_covers_every_window_once_and_resumes():
+    s = T.WindowSampler(n_tokens=16 * 10 + 1, n_ctx=16, batch_size=3, seed=1, epoch_mode=True)
+    seen = torch.cat([s.next_starts() for _ in range(10)]).tolist()  # 30 windows = 3 epochs
+    for e in range(3):
+        assert sorted(seen[10 * e:10 * e + 10]) == [16 * i for i in range(10)]
+    assert seen[:10] != seen[10:20]  # each epoch reshuffles
+    state = s.state_dict()
+    a = [s.next_starts().tolist() for _ in range(5)]
+    s2 = T.WindowSampler(16 * 10 + 1, 16, 3, seed=1, epoch_mode=True)
+    s2.load_state_dict(state)
+    assert [s2.next_starts().tolist() for _ in range(5)] == a
+    # Two ranks get disjoint halves of each global batch.
+    r0 = T.WindowSampler(161, 16, 2, seed=1, epoch_mode=True, rank=0, world_size=2)
+    r1 = T.WindowSampler(161, 16, 2, seed=1, epoch_mode=True, rank=1, world_size=2)
+    assert not set(r0.next_starts().tolist()) & set(r1.next_starts().tolist())
+
+
+def test_random_sampler_state_round_trips():
+    s = T.WindowSampler(1000, 16, 4, seed=5)
+    s.next_starts()
+    state = s.state_dict()
+    a = s.next_starts()
+    s2 = T.WindowSampler(1000, 16, 4, seed=5)
+    s2.load_state_dict(state)
+    assert torch.equal(s2.next_starts(), a)
+
+
+def test_same_seed_same_losses(corpus, tmp_path):
+    a = T.train(cfg(corpus, tmp_path / "a"), tiny_model(), log=quiet)
+    b = T.train(cfg(corpus, tmp_path / "b"), tiny_model(), log=quiet)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert a.metrics["val_loss"] < 10.5  # it learned something
+    rows = losses(tmp_path / "a")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert {"val_loss", "val_bpb"} <= set(rows[3]) and rows[3]["val_bpb"] > 0
+    assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["train"]["lr"] == 1e-2 and saved["model"]["n_ctx"] == 16
+
+
+def test_resume_matches_uninterrupted_run(corpus, tmp_path):
+    T.train(cfg(corpus, tmp_path / "full"), tiny_model(), log=quiet)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_6(step):
+        if step == 6:
+            raise Crash  # dies after logging steps 5-6, past the step-4 checkpoint
+
+    with pytest.raises(Crash):
+        T.train(cfg(corpus, tmp_path / "cut"), tiny_model(), log=quiet, on_step=crash_at_6)
+    assert latest_checkpoint(tmp_path / "cut").name == "step_00000004"
+    T.train(T.TrainConfig(), resume=tmp_path / "cut", log=quiet)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    a, _ = load_model(tmp_path / "full")
+    b, _ = load_model(tmp_path / "cut")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_in_epoch_mode_matches(corpus, tmp_path):
+    kw = dict(epochs=0.05, max_steps=1000, eval_every=3, checkpoint_every=3)
+    full = T.train(cfg(corpus, tmp_path / "full", **kw), tiny_model(), log=quiet)
+    assert full.stopped_by == "epochs"
+
+    def crash(step):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg(corpus, tmp_path / "cut", **kw), tiny_model(), log=quiet, on_step=crash)
+    T.train(T.TrainConfig(), resume=tmp_path / "cut", log=quiet)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+
+def test_checkpoints_are_atomic_and_keep_last_k(corpus, tmp_path):
+    run = tmp_path / "run"
+    T.train(cfg(corpus, run, max_steps=10, checkpoint_every=2, keep_checkpoints=2), tiny_model(), log=quiet)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["step_00000008", "step_00000010"]  # no temporary directories left
+    state = torch.load(run / "checkpoints" / "step_00000010" / T.STATE_FILE, weights_only=True)
+    assert state["step"] == 10 and "optimizer" in state and "sampler" in state
+    # A half-written checkpoint (a crash mid-save) is a hidden temp dir, never picked up.
+    (run / "checkpoints" / ".tmp-step_00000012-999").mkdir()
+    assert latest_checkpoint(run).name == "step_00000010"
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    real_loss = GPT.loss
+    calls = {"n": 0}
+
+    def loss(self, *a, **k):
+        calls["n"] += 1 if self.training else 0
+        out = real_loss(self, *a, **k)
+        return out * float("nan") if self.training and calls["n"] > 5 else out
+
+    monkeypatch.setattr(GPT, "loss", loss)
+    run = tmp_path / "run"
+    with pytest.raises(T.TrainingDiverged, match=r"nan at step 6.*step_00000004"):
+        T.train(cfg(corpus, run), tiny_model(), log=quiet)
+    assert latest_checkpoint(run).name == "step_00000004"
+    load_model(run)  # still loadable
+    assert max(r["step"] for r in losses(run)) == 5
+
+
+def test_refuses_out_dir_holding_another_run(corpus, tmp_path):
+    run = tmp_path / "run"
+    T.train(cfg(corpus, run, max_steps=2), tiny_model(), log=quiet)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    proc = run_cli("train", "--data", corpus, "--out", run, "--preset", "tiny", "--max-steps", "2",
+                   env={"GPT2LAB_CACHE": os.environ["GPT2LAB_CACHE"]})
+    assert_user_error(proc, "already holds a training run", "--resume")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-steps", "0"], "max-steps"),
+    (["--max-steps", "-3"], "max-steps"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1e-3"], "--lr"),
+    (["--batch-size", "0"], "batch-size"),
+    (["--lr", "fast"], "--lr"),
+    (["--data", "/no/such/file.txt"], "does not exist"),
+    (["--preset", "nope"], "unknown preset"),
+    (["--resume", "/no/such/run"], "no such run"),
+])
+def test_bad_input_is_one_line_error(tmp_path, args, fragment):
+    proc = run_cli("train", "--out", tmp_path / "run", *args, env={"GPT2LAB_CACHE": str(tmp_path / "c")})
+    assert_user_error(proc, fragment)
+
+
+def test_bad_corpora_are_one_line_errors(tmp_path):
+    env = {"GPT2LAB_CACHE": str(tmp_path / "c")}
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n", encoding="utf-8")
+    assert_user_error(run_cli("train", "--data", empty, "--out", tmp_path / "r1", env=env), "empty")
+    short = tmp_path / "short.txt"
+    short.write_text("To be or not to be.", encoding="utf-8")
+    assert_user_error(run_cli("train", "--data", short, "--out", tmp_path / "r2", env=env), "context window")
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"ok\xc3\x28bad")
+    assert_user_error(run_cli("train", "--data", binary, "--out", tmp_path / "r3", env=env), "b.txt", "offset 2")
+    assert not (tmp_path / "r1").exists()  # nothing left behind
+
+
+def test_resume_refuses_bad_dirs_and_incompatible_changes(corpus, tmp_path):
+    env = {"GPT2LAB_CACHE": os.environ["GPT2LAB_CACHE"]}
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli("train", "--resume", tmp_path / "empty", env=env), "config.json")
+    run = tmp_path / "run"
+    T.train(cfg(corpus, run, max_steps=2), tiny_model(), log=quiet)
+    assert_user_error(run_cli("train", "--resume", run, "--d-model", "128", env=env), "incompatible")
+    assert_user_error(run_cli("train", "--resume", run, "--lr", "0.5", env=env), "incompatible")
+
+
+def test_unwritable_out_dir(tmp_path, corpus):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    proc = run_cli("train", "--data", corpus, "--out", locked / "run", env={"GPT2LAB_CACHE": str(tmp_path)})
+    assert_user_error(proc, "cannot write")
+
+
+def test_cli_trains_resumes_after_kill_9_and_prints_sample(corpus, tmp_path):
+    """A run killed with SIGKILL leaves a loadable checkpoint and resumes to
+    the losses of an uninterrupted run."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    args = ["--data", str(corpus), "--preset", "tiny", "--n-ctx", "16", "--batch-size", "4", "--max-steps", "12",
+            "--warmup-steps", "2", "--eval-every", "4", "--eval-batches", "1", "--checkpoint-every", "2",
+            "--sample-tokens", "0", "--progress", "false", "--seed", "9"]
+    full = run_cli("train", "--out", tmp_path / "full", *args, "--sample-tokens", "12")
+    assert full.returncode == 0, full.stderr
+    assert "sample" in full.stdout and (tmp_path / "full" / "loss.png").is_file()
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--out", str(tmp_path / "cut"), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    load_model(tmp_path / "cut")  # the last checkpoint is complete
+    resumed = run_cli("train", "--resume", tmp_path / "cut", "--progress", "false")
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
