@@ -84,6 +84,13 @@ def test_greedy_equals_transformers(tmp_path):
                            max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0)
     ours = run_ids(model, [prompt], max_new_tokens=40, **GREEDY)[0]
     assert ours.tolist() == want[0, 4:].tolist()
+    # the repetition penalty follows the same rule (prompt tokens included)
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                           max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0,
+                           repetition_penalty=1.5)
+    penalised = run_ids(model, [prompt], max_new_tokens=40, repetition_penalty=1.5, **GREEDY)[0]
+    assert penalised.tolist() == want[0, 4:].tolist() and penalised.tolist() != ours.tolist()
 
 
 def controlled_logits():

@@ -13,8 +13,8 @@ of token, append that token, repeat.  Three ideas make the loop good:
 2. **Sampling controls**, applied to the logits in this order (the order
    Hugging Face ``transformers`` and most libraries use):
 
-   a. *repetition penalty* ``r``: the logit of every token already in the
-      context is divided by ``r`` if positive, multiplied by ``r`` if
+   a. *repetition penalty* ``r``: the logit of every token seen so far (in
+      the prompt or the output) is divided by ``r`` if positive, multiplied by ``r`` if
       negative (so it always becomes less likely for ``r > 1``);
    b. *temperature* ``T``: logits / T.  Small T sharpens the distribution,
       large T flattens it;
@@ -76,7 +76,7 @@ class SamplingConfig:
     temperature: float = 1.0  # > 0; ignored when greedy
     top_k: int | None = None  # keep only the k most likely tokens (None: all)
     top_p: float = 1.0  # keep the smallest most-likely set with this much probability, in (0, 1]
-    repetition_penalty: float = 1.0  # > 0; 1 is off, > 1 discourages tokens already in the context
+    repetition_penalty: float = 1.0  # > 0; 1 is off, > 1 discourages tokens of the prompt or output so far
     greedy: bool = False  # always take the most likely token (deterministic)
     num_samples: int = 1  # samples per prompt, run as one batch (1 .. 64)
     seed: int | None = None  # None: a fresh random seed (reported, so a sample can be reproduced)
@@ -171,6 +171,7 @@ class Window:
 
     def __init__(self, rows: list[list[int]], n_ctx: int, pad_id: int, device=None):
         self.n_ctx = n_ctx
+        self.pad_id = pad_id
         self.tokens = torch.full((len(rows), n_ctx), pad_id, dtype=torch.long, device=device)  # (batch, n_ctx)
         self.fill(rows)
 
@@ -178,6 +179,7 @@ class Window:
         self.length = max(len(r) for r in rows)
         self.pad = torch.tensor([self.length - len(r) for r in rows], device=self.tokens.device)  # (batch,)
         self.padded = bool(self.pad.any())
+        self.tokens.fill_(self.pad_id)
         for i, r in enumerate(rows):
             self.tokens[i, self.length - len(r):self.length] = torch.tensor(r, dtype=torch.long)
         columns = torch.arange(self.n_ctx, device=self.tokens.device)
@@ -333,7 +335,7 @@ class Generator:
 
     def stream(self, prompt: str = "", config: SamplingConfig | None = None, **overrides) -> Iterator[str]:
         """Yield the text of one sample piece by piece, as it is produced."""
-        cfg = dataclasses.replace(config or SamplingConfig(), **overrides, num_samples=1)
+        cfg = dataclasses.replace(config or SamplingConfig(), **{**overrides, "num_samples": 1})
         for _, text in self.events(prompt, cfg):
             yield text
 
