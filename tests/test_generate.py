@@ -11,7 +11,7 @@ from conftest import assert_user_error, run_cli
 from gpt2lab.checkpoint import export_hf, save_model
 from gpt2lab.errors import UserError
 from gpt2lab.generate import (Generator, SamplingConfig, TextStream, choose_next, filter_top_k, filter_top_p,
-                              generate_ids)
+                              generate_ids, sample)
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.tokenizer import gpt2_tokenizer
 
@@ -155,6 +155,18 @@ def test_generator_api_stops_and_counts():
     assert stopped.finish_reason == "stop" and stopped.text == first[:1]
     alone = gen.generate("", max_new_tokens=12, seed=3, stop_at_eot=False)[0]
     assert "".join(gen.stream("", max_new_tokens=12, seed=3, stop_at_eot=False)) == alone.text
+
+
+def test_sample_is_the_short_form():
+    model = varied_model()
+    model.train()
+    greedy = run_ids(model.eval(), [[1, 2]], max_new_tokens=40, **GREEDY)[0].tolist()
+    model.train()
+    assert sample(model, [1, 2], 40, temperature=0) == greedy
+    assert model.training  # mode restored
+    a = sample(model, [1, 2], 20, top_k=5, generator=torch.Generator().manual_seed(1))
+    b = sample(model, [1, 2], 20, top_k=5, generator=torch.Generator().manual_seed(1))
+    assert a == b and len(a) == 20
 
 
 @pytest.mark.parametrize("field, value", [

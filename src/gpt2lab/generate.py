@@ -214,17 +214,20 @@ class Window:
 
 @torch.inference_mode()
 def generate_ids(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_id: int,
-                 use_cache: bool = True, seed: int = 0) -> Iterator[torch.Tensor]:
+                 use_cache: bool = True, seed: int = 0,
+                 generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, ``(batch,)``, ``cfg.max_new_tokens`` times.
 
     ``prompts`` must be non-empty and at most ``n_ctx`` tokens each.  The
     caller stops early by simply not asking for more.  ``use_cache=False``
-    is the plain path: a full forward over the window at every step."""
+    is the plain path: a full forward over the window at every step.
+    Random draws come from ``generator`` if given, else from a fresh one seeded with ``seed``."""
     n_ctx = model.cfg.n_ctx
     device = model.embed.W_E.device
     window = Window(prompts, n_ctx, pad_id, device)
     cache = KVCache(model.cfg, len(prompts), n_ctx, device, model.embed.W_E.dtype) if use_cache else None
-    generator = torch.Generator(device=device).manual_seed(seed)
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     seen = None
     if cfg.repetition_penalty != 1.0:
         seen = torch.zeros(len(prompts), model.cfg.d_vocab, dtype=torch.bool, device=device)  # (batch, d_vocab)
@@ -260,6 +263,25 @@ def generate_ids(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_
         else:
             window.append(token)
             logits = run_newest() if cache is not None else run_window()
+
+
+def sample(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, generator: torch.Generator | None = None) -> list[int]:
+    """Continue ``prompt`` (token ids) by ``max_new_tokens`` tokens; return only the new ones.
+
+    The short form, for a sample at the end of training: temperature 0 means
+    greedy, ``top_k`` None or 0 keeps every token, <|endoftext|> does not stop
+    it.  The model is put back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens, greedy=temperature <= 0,
+                         temperature=temperature if temperature > 0 else 1.0,
+                         top_k=top_k or None, stop_at_eot=False)
+    try:
+        steps = generate_ids(model, [prompt[-model.cfg.n_ctx:]], cfg, pad_id=0, generator=generator)
+        return [int(t) for t in steps]
+    finally:
+        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------
