@@ -53,10 +53,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...]
         if f.name in skip:
             continue
         t = field_type(cls, f)
-        conv = parse_bool if t is bool else t
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv, default=None,
-                           metavar=t.__name__.upper(), help=f"(default: {f.default!r})"
-                           if f.default is not dataclasses.MISSING else None)
+        if t is bool:  # `--flag` alone means true; `--flag false` is also accepted
+            kind = dict(type=parse_bool, nargs="?", const=True, metavar="BOOL")
+        elif typing.get_origin(t) in (list, tuple):  # `--flag A B C`
+            item = typing.get_args(t)[0]
+            kind = dict(type=item, nargs="+", metavar=item.__name__.upper())
+        else:
+            kind = dict(type=t, metavar=t.__name__.upper())
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, **kind,
+                           help=f"(default: {f.default!r})" if f.default is not dataclasses.MISSING else None)
 
 
 def config_overrides(args: argparse.Namespace, cls) -> dict:
@@ -185,6 +190,61 @@ def cmd_plot(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_generate(args) -> None:
+    import time
+
+    from .checkpoint import load_model
+    from .data import read_text
+    from .generate import Generator, SamplingConfig
+
+    if args.interactive and (args.prompt is not None or args.prompt_file is not None):
+        raise UserError("--interactive reads prompts from standard input; drop --prompt/--prompt-file")
+    cfg = SamplingConfig(**config_overrides(args, SamplingConfig))  # checked before the model loads
+    prompt = read_text(args.prompt_file) if args.prompt_file is not None else (args.prompt or "")
+    generator = Generator(*load_model(args.model))
+
+    def run(prompt: str) -> None:
+        ids, cut = generator.encode_prompt(prompt)
+        if cut:
+            print(f"note: the prompt has {len(ids) + cut} tokens, more than the model's context of "
+                  f"{len(ids)}; keeping the last {len(ids)}", file=sys.stderr)
+        streaming = cfg.num_samples == 1
+
+        def show(row: int, text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        start = time.perf_counter()
+        samples = generator.generate(prompt, cfg, on_text=show if streaming else None)
+        seconds = time.perf_counter() - start
+        if streaming:
+            print(flush=True)
+        else:
+            for i, s in enumerate(samples):
+                print(f"--- sample {i + 1} ---\n{s.text}", flush=True)
+        n_new = sum(len(s.tokens) for s in samples)
+        if args.json:
+            print_json({"text": samples[0].text, "tokens": samples[0].tokens,
+                        "tokens_per_sec": n_new / seconds if seconds > 0 else None,
+                        "new_tokens": n_new, "seconds": seconds, "prompt_tokens": len(ids),
+                        "finish_reason": samples[0].finish_reason, "seed": samples[0].seed,
+                        "samples": [dataclasses.asdict(s) for s in samples]})
+        else:
+            print(f"{n_new} new tokens in {seconds:.2f} s ({n_new / max(seconds, 1e-9):.1f} tokens/s)",
+                  file=sys.stderr)
+
+    if not args.interactive:
+        run(prompt)
+        return
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:  # EOF
+            print(file=sys.stderr)
+            return
+        run(line.rstrip("\n"))
+
+
 # ---------------------------------------------------------------------------
 # Parser and entry point
 # ---------------------------------------------------------------------------
@@ -220,6 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    from .generate import MAX_NEW_TOKENS, MAX_SAMPLES, SamplingConfig
+
+    p = sub.add_parser("generate", help="generate text from a prompt, streaming it as it is produced",
+                       description=f"Generate text.  --max-new-tokens is capped at {MAX_NEW_TOKENS:,} and "
+                                   f"--num-samples at {MAX_SAMPLES}.  Sampling order: repetition penalty, "
+                                   "temperature, top-k, top-p.")
+    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--prompt", help="the prompt text (default: empty, i.e. start from <|endoftext|>)")
+    source.add_argument("--prompt-file", help="a UTF-8 file holding the prompt")
+    add_config_flags(p, SamplingConfig)
+    p.add_argument("--interactive", action="store_true", help="read prompts from standard input until EOF")
+    p.add_argument("--json", action="store_true", help="end each generation with one JSON line")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="a model's config and parameter count")
     p.add_argument("--model", help="a run, a checkpoint or a Hugging Face GPT-2 directory")

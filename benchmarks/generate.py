@@ -1,0 +1,111 @@
+"""Generation speed: gpt2lab's cached loop against Hugging Face ``generate``.
+
+Both models hold the same random weights (ours exported with
+``checkpoint.gpt2lab_to_hf``).  Each run is greedy, ``new_tokens`` new tokens
+after a ``prompt_len``-token random prompt, no stopping at <|endoftext|>, so
+both produce exactly the same number of tokens -- and, being greedy on the
+same weights, the same tokens, which is checked.  Runs alternate A/B in one
+process so that machine load hits both alike; the median of the repeats is
+reported.  The context is widened to prompt + new tokens where the preset's
+is shorter, since ``transformers`` cannot go past it.  Timed: prompt prefill + all new tokens (ids only, no text decoding).
+
+    python -m benchmarks.generate --preset mini --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from gpt2lab.checkpoint import gpt2lab_to_hf, hf_config
+from gpt2lab.generate import SamplingConfig, generate_ids
+from gpt2lab.model import GPT, GPTConfig
+
+
+def hf_twin(model: GPT):
+    """A ``transformers`` GPT2LMHeadModel holding ``model``'s weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.cfg))).eval()
+    missing, unexpected = hf.load_state_dict(gpt2lab_to_hf(model), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    hf.tie_weights()
+    return hf
+
+
+def run(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_len: int = 16,
+        repeats: int = 3, threads: int | None = None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = GPTConfig.from_preset(preset)
+    # HF cannot go past n_ctx (we would slide the window), so the context is
+    # widened when prompt + new tokens do not fit (mini: 256 -> 272).
+    n_ctx = max(cfg.n_ctx, prompt_len + new_tokens)
+    model = GPT(GPTConfig.from_preset(preset, n_ctx=n_ctx)).eval()
+    hf = hf_twin(model)
+    prompt = torch.randint(0, model.cfg.d_vocab, (batch, prompt_len))
+    cfg = SamplingConfig(max_new_tokens=new_tokens, greedy=True, stop_at_eot=False)
+
+    def ours() -> torch.Tensor:
+        return torch.stack(list(generate_ids(model, prompt.tolist(), cfg, pad_id=0)), dim=1)
+
+    @torch.inference_mode()
+    def theirs() -> torch.Tensor:
+        out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                          do_sample=False, eos_token_id=None, pad_token_id=0)
+        return out[:, prompt_len:]
+
+    x = torch.randn(batch, model.cfg.d_model)
+
+    @torch.inference_mode()
+    def unembed_only() -> None:
+        """What no implementation can skip: one ``(d_model, d_vocab)`` product per
+        new token.  Its rate bounds every generator's, so (unembed rate /
+        transformers rate) is the most any loop could gain over transformers."""
+        for _ in range(new_tokens):
+            model.unembed(x)
+
+    times = {"gpt2lab": [], "transformers": [], "unembed": []}
+    outputs = {}
+    for _ in range(repeats):
+        for name, fn in (("gpt2lab", ours), ("transformers", theirs), ("unembed", unembed_only)):
+            start = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    rate = {k: batch * new_tokens / statistics.median(v) for k, v in times.items()}
+    return {"preset": preset, "n_ctx": n_ctx, "batch": batch, "new_tokens": new_tokens, "prompt_len": prompt_len,
+            "repeats": repeats, "threads": torch.get_num_threads(),
+            "gpt2lab_tokens_per_sec": rate["gpt2lab"], "transformers_tokens_per_sec": rate["transformers"],
+            "speedup": rate["gpt2lab"] / rate["transformers"],
+            "unembed_only_tokens_per_sec": rate["unembed"],
+            "max_possible_speedup": rate["unembed"] / rate["transformers"],
+            "same_tokens": bool(torch.equal(outputs["gpt2lab"], outputs["transformers"])),
+            "seconds": times}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.generate", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", nargs="+", default=["mini", "gpt2"])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    for preset in args.preset:
+        for batch in args.batch:
+            r = run(preset, batch, args.new_tokens, args.prompt_len, args.repeats, args.threads)
+            print(f"{preset:6s} batch {batch}: gpt2lab {r['gpt2lab_tokens_per_sec']:8.1f} tok/s | "
+                  f"transformers {r['transformers_tokens_per_sec']:8.1f} tok/s | {r['speedup']:.2f}x | "
+                  f"same tokens: {r['same_tokens']} | unembed alone {r['unembed_only_tokens_per_sec']:.1f} tok/s "
+                  f"(bound: {r['max_possible_speedup']:.2f}x)", flush=True)
+            print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Generation: the KV cache changes nothing but speed, batches change nothing
+but speed, the sampling filters keep to their sets, and the CLI fails politely."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_user_error, run_cli
+from gpt2lab.checkpoint import export_hf, save_model
+from gpt2lab.errors import UserError
+from gpt2lab.generate import (Generator, SamplingConfig, TextStream, choose_next, filter_top_k, filter_top_p,
+                              generate_ids, sample)
+from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.tokenizer import gpt2_tokenizer
+
+GREEDY = dict(greedy=True, stop_at_eot=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models step in microseconds; on a busy machine a second OpenMP
+    thread makes each step wait on a core (30x slower seen here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def varied_model(d_vocab=512, **overrides) -> GPT:
+    """A random `tiny` model whose greedy output is not one token repeated:
+    with GPT-2's 0.02 init the logits are nearly flat and greedy loops at once."""
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_preset("tiny", d_vocab=d_vocab, init_range=1.0, **overrides)).eval()
+
+
+def run_ids(model, prompts, use_cache=True, **cfg) -> torch.Tensor:
+    steps = generate_ids(model, prompts, SamplingConfig(**cfg), pad_id=0, use_cache=use_cache, seed=0)
+    return torch.stack(list(steps), dim=1)  # (batch, new)
+
+
+def naive_greedy(model, prompt, n_new):
+    """The documented semantics, written as plainly as possible: full forward
+    every step; when the context overflows, keep its last n_ctx // 2 tokens."""
+    ctx, out, n_ctx = list(prompt), [], model.cfg.n_ctx
+    with torch.no_grad():
+        for _ in range(n_new):
+            t = int(model(torch.tensor([ctx]))[0, -1].argmax())
+            out.append(t)
+            ctx.append(t)
+            if len(ctx) > n_ctx:
+                ctx = ctx[-(n_ctx // 2):]
+    return out
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_cached_greedy_equals_uncached_past_the_context(fast):
+    model = varied_model()
+    model.set_fast_attention(fast)
+    cached = run_ids(model, [[1, 2, 3]], max_new_tokens=300, **GREEDY)[0]
+    uncached = run_ids(model, [[1, 2, 3]], use_cache=False, max_new_tokens=300, **GREEDY)[0]
+    assert len(set(cached.tolist())) > 10  # the test means something only if tokens vary
+    assert cached.tolist() == uncached.tolist()
+    assert cached.tolist() == naive_greedy(model, [1, 2, 3], 300)
+
+
+def test_batched_left_padded_prompts_equal_one_by_one():
+    model = varied_model()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [1, 2], [7]]
+    batch = run_ids(model, prompts, max_new_tokens=20, **GREEDY)  # stays within n_ctx=32
+    for i, p in enumerate(prompts):
+        assert batch[i].tolist() == run_ids(model, [p], max_new_tokens=20, **GREEDY)[0].tolist()
+
+
+def test_greedy_equals_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = varied_model(d_vocab=50257, n_ctx=64)
+    export_hf(model, gpt2_tokenizer(), tmp_path / "hf")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    prompt = [464, 3290, 318, 257]
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                           max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ours = run_ids(model, [prompt], max_new_tokens=40, **GREEDY)[0]
+    assert ours.tolist() == want[0, 4:].tolist()
+    # the repetition penalty follows the same rule (prompt tokens included)
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                           max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0,
+                           repetition_penalty=1.5)
+    penalised = run_ids(model, [prompt], max_new_tokens=40, repetition_penalty=1.5, **GREEDY)[0]
+    assert penalised.tolist() == want[0, 4:].tolist() and penalised.tolist() != ours.tolist()
+
+
+def controlled_logits():
+    probs = torch.tensor([[0.40, 0.25, 0.15, 0.10, 0.05, 0.03, 0.02]])
+    return probs.log()
+
+
+def draws(cfg, n=4000):
+    logits = controlled_logits().expand(n, -1)
+    g = torch.Generator().manual_seed(0)
+    return set(choose_next(logits, cfg, None, g).tolist())
+
+
+def test_top_k_and_top_p_never_leave_their_sets():
+    assert draws(SamplingConfig(top_k=3)) == {0, 1, 2}
+    assert draws(SamplingConfig(top_k=1)) == {0}
+    # nucleus 0.7: 0.40 + 0.25 = 0.65 < 0.7, so the third token (0.15) is needed, the fourth not
+    assert draws(SamplingConfig(top_p=0.7)) == {0, 1, 2}
+    assert draws(SamplingConfig(top_p=0.1)) == {0}
+    assert draws(SamplingConfig(top_k=5, top_p=0.5)) == {0, 1}
+    assert draws(SamplingConfig()) == set(range(7))
+    assert torch.isinf(filter_top_k(controlled_logits(), 2)[0, 2:]).all()
+    kept = torch.isfinite(filter_top_p(controlled_logits(), 0.85)[0])  # 0.40+0.25+0.15 = 0.8 < 0.85
+    assert kept.tolist() == [True] * 4 + [False] * 3
+
+
+def test_seed_temperature_and_penalty():
+    model = varied_model()
+    sample = dict(max_new_tokens=30, stop_at_eot=False, seed=7)
+    a, b = run_ids(model, [[1, 2]], **sample), run_ids(model, [[1, 2]], **sample)
+    assert torch.equal(a, b)
+    other = generate_ids(model, [[1, 2]], SamplingConfig(**sample), pad_id=0, seed=8)
+    assert torch.stack(list(other), 1).tolist() != a.tolist()
+    greedy = run_ids(model, [[1, 2]], max_new_tokens=30, **GREEDY)
+    cold = run_ids(model, [[1, 2]], max_new_tokens=30, stop_at_eot=False, temperature=1e-4)
+    assert torch.equal(cold, greedy)
+    penalised = run_ids(model, [[1, 2]], max_new_tokens=30, repetition_penalty=1e6, **GREEDY)[0].tolist()
+    assert len(set(penalised)) == 30 and not {1, 2} & set(penalised)  # never repeats anything it saw
+
+
+def test_stop_strings_and_streaming_bytes():
+    text = "Hi 😀 世界 and more"
+    ids = gpt2_tokenizer().encode(text)
+    stream = TextStream(stop=["more"])
+    pieces = [stream.push(gpt2_tokenizer().decode_bytes([t])) for t in ids] + [stream.finish()]
+    assert "\ufffd" not in "".join(pieces)
+    assert "".join(pieces) == "Hi 😀 世界 and "  # the stop string and what follows are cut
+    assert stream.stopped
+    # a multi-byte character split across tokens is held back whole
+    s = TextStream()
+    assert s.push("😀".encode()[:2]) == "" and s.push("😀".encode()[2:]) == "😀"
+
+
+def test_generator_api_stops_and_counts():
+    model = varied_model(d_vocab=50257)
+    gen = Generator(model, gpt2_tokenizer())
+    out = gen.generate(["", "Hello"], max_new_tokens=12, num_samples=2, seed=3, stop_at_eot=False)
+    assert len(out) == 4 and all(len(g.tokens) == 12 and g.finish_reason == "length" for g in out)
+    assert out[0].text == gpt2_tokenizer().decode(out[0].tokens)
+    first = out[0].text[:3]
+    stopped = gen.generate("", max_new_tokens=12, seed=3, stop=[first[1:]], stop_at_eot=False)[0]
+    assert stopped.finish_reason == "stop" and stopped.text == first[:1]
+    alone = gen.generate("", max_new_tokens=12, seed=3, stop_at_eot=False)[0]
+    assert "".join(gen.stream("", max_new_tokens=12, seed=3, stop_at_eot=False)) == alone.text
+
+
+def test_sample_is_the_short_form():
+    model = varied_model()
+    model.train()
+    greedy = run_ids(model.eval(), [[1, 2]], max_new_tokens=40, **GREEDY)[0].tolist()
+    model.train()
+    assert sample(model, [1, 2], 40, temperature=0) == greedy
+    assert model.training  # mode restored
+    a = sample(model, [1, 2], 20, top_k=5, generator=torch.Generator().manual_seed(1))
+    b = sample(model, [1, 2], 20, top_k=5, generator=torch.Generator().manual_seed(1))
+    assert a == b and len(a) == 20
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", 0.0), ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5), ("top_k", 0),
+    ("num_samples", 0), ("num_samples", 65), ("max_new_tokens", 0), ("max_new_tokens", 100_001),
+    ("repetition_penalty", 0.0), ("stop", ("",)),
+])
+def test_sampling_config_rejects_bad_values(field, value):
+    with pytest.raises(UserError, match=field.split("_")[0]):
+        SamplingConfig(**{field: value})
+    SamplingConfig(greedy=True, temperature=0.0)  # temperature is unused when greedy
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gen") / "model"
+    torch.manual_seed(0)
+    save_model(GPT(GPTConfig.from_preset("tiny")), gpt2_tokenizer(), folder)
+    return folder
+
+
+def test_cli_generate_json_and_long_prompt(tiny_model_dir, tmp_path):
+    long_prompt = tmp_path / "prompt.txt"
+    long_prompt.write_text("word " * 100)
+    proc = run_cli("generate", "--model", tiny_model_dir, "--prompt-file", long_prompt,
+                   "--max-new-tokens", 5, "--seed", 1, "--stop-at-eot", "false", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(result["tokens"]) == 5 and result["tokens_per_sec"] > 0 and result["prompt_tokens"] == 32
+    assert "keeping the last 32" in proc.stderr
+    empty = run_cli("generate", "--model", tiny_model_dir, "--prompt", "", "--max-new-tokens", 3, "--greedy")
+    assert empty.returncode == 0, empty.stderr
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--temperature", "0"], "temperature"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--top-k", "0"], "top_k"),
+    (["--num-samples", "0"], "num_samples"),
+])
+def test_cli_generate_bad_input(tiny_model_dir, flags, fragment):
+    assert_user_error(run_cli("generate", "--model", tiny_model_dir, *flags), fragment)
+
+
+def test_cli_generate_missing_model(tmp_path):
+    assert_user_error(run_cli("generate", "--model", tmp_path / "nope", "--prompt", "hi"), "does not exist")
