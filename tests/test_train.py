@@ -273,3 +273,16 @@ def test_cli_trains_resumes_after_kill_9_and_prints_sample(corpus, tmp_path):
     resumed = run_cli("train", "--resume", tmp_path / "cut", "--progress", "false")
     assert resumed.returncode == 0, resumed.stderr
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+
+def test_char_tokenizer_is_built_from_the_corpus_and_saved(corpus, tmp_path):
+    """``--tokenizer char``: the vocabulary is the training text's characters,
+    the output layer fits it, and the run (and its resume) keeps it."""
+    T.train(cfg(corpus, tmp_path / "c", tokenizer="char", max_steps=4), tiny_model(), log=quiet)
+    model, tok = load_model(tmp_path / "c")
+    chars = sorted(set(corpus.read_text(encoding="utf-8")))
+    assert tok.kind == "char" and tok.chars == chars
+    assert model.cfg.d_vocab == tok.n_vocab == len(chars) + 256 + 1
+    T.train(T.TrainConfig(max_steps=6), resume=tmp_path / "c", train_overrides={"max_steps": 6}, log=quiet)
+    assert latest_checkpoint(tmp_path / "c").name == "step_00000006"
+    assert load_model(tmp_path / "c")[1].to_dict() == tok.to_dict()

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import UserError
 from .model import GPT, GPTConfig
-from .tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer
+from .tokenizer import EOT, Tokenizer, gpt2_tokenizer, hf_tokenizer, load_tokenizer
 
 MODEL_FILE = "model.safetensors"
 MODEL_META = "model.json"
@@ -311,7 +311,9 @@ def hf_config(cfg: GPTConfig, eot_token: int = 50256) -> dict:
 
 
 def export_hf(model: GPT, tokenizer: Tokenizer, folder, overwrite: bool = False) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads."""
+    """Write ``config.json`` + ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads,
+    and ``tokenizer.json`` + ``tokenizer_config.json`` that ``AutoTokenizer.from_pretrained``
+    loads to the same ids as ``tokenizer``."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise UserError(f"{folder} already exists and is not empty; choose a new --to directory or pass --overwrite")
@@ -324,4 +326,11 @@ def export_hf(model: GPT, tokenizer: Tokenizer, folder, overwrite: bool = False)
     tensors = gpt2lab_to_hf(model)
     write_atomic(folder / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     write_json(folder / "config.json", hf_config(model.cfg, tokenizer.eot_token))
+    hf_tok = hf_tokenizer(tokenizer)  # same ids as ours
+    write_atomic(folder / "tokenizer.json", lambda p: hf_tok.save(str(p)))
+    # Name the generic class: otherwise AutoTokenizer picks GPT2Tokenizer for a
+    # "gpt2" model and rebuilds a GPT-2-style pipeline that a char vocabulary does not fit.
+    write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT,
+        "model_max_length": model.cfg.n_ctx, "clean_up_tokenization_spaces": False})
     return folder

@@ -21,6 +21,7 @@ import traceback
 import types
 import typing
 
+from .bpe import BPEConfig
 from .errors import UserError
 
 # ---------------------------------------------------------------------------
@@ -81,15 +82,59 @@ def print_json(obj) -> None:
 
 def cmd_tokenize(args) -> None:
     from .data import read_text
-    from .tokenizer import load_tokenizer
+    from .tokenizer import build_tokenizer, token_pieces
 
-    tokenizer = load_tokenizer(args.tokenizer)
-    ids = tokenizer.encode(read_text(args.file))
+    text = read_text(args.file)
+    tokenizer = build_tokenizer(args.tokenizer, lambda: [text])  # char: the file's own characters
+    ids = tokenizer.encode(text)
     if args.json:
-        print_json({"tokens": ids, "count": len(ids)})
+        out = {"tokens": ids, "count": len(ids)}
+        if args.show:
+            out["pieces"] = token_pieces(tokenizer, ids)
+        print_json(out)
+    elif args.show:
+        print(show_tokens(token_pieces(tokenizer, ids), color=sys.stdout.isatty()))
     else:
         print(" ".join(map(str, ids)))
-        print(f"{len(ids)} tokens", file=sys.stderr)
+    if not args.json:
+        print(f"{len(ids)} tokens, {len(text.encode('utf-8')) / max(len(ids), 1):.2f} bytes per token",
+              file=sys.stderr)
+
+
+# Background colours that alternate between neighbouring tokens (256-colour ANSI).
+TOKEN_COLOURS = (153, 223, 194, 217)
+
+
+def show_tokens(pieces: list[str], color: bool) -> str:
+    """Tokens with visible boundaries: alternating background colours on a
+    terminal, ``|`` between tokens otherwise (pipes, files)."""
+    if not color:
+        return "|".join(pieces)
+    return "".join(f"\x1b[48;5;{TOKEN_COLOURS[i % len(TOKEN_COLOURS)]}m\x1b[30m{p}\x1b[0m"
+                   for i, p in enumerate(pieces))
+
+
+def cmd_tokenizer_train(args) -> None:
+    import time
+    from pathlib import Path
+
+    from .bpe import train_bpe
+    from .data import iter_documents, parse_source
+
+    cfg = BPEConfig(**config_overrides(args, BPEConfig))
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    start = time.perf_counter()
+    tokenizer = train_bpe(iter_documents(parse_source(args.data), "train"), cfg)
+    seconds = time.perf_counter() - start
+    tokenizer.save(out, overwrite=args.overwrite)
+    if args.json:
+        print_json({"out": str(out), "n_vocab": tokenizer.n_vocab, "seconds": seconds})
+    else:
+        short = f" (the corpus ran out of pairs to merge before {cfg.vocab_size})" \
+            if tokenizer.n_vocab < cfg.vocab_size else ""
+        print(f"trained a {tokenizer.n_vocab}-token byte-level BPE{short} in {seconds:.1f} s; wrote {out}")
 
 
 def cmd_eval(args) -> None:
@@ -264,9 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tokenize", help="turn a text file into token ids")
     p.add_argument("file", help="a UTF-8 text file")
-    p.add_argument("--tokenizer", default="gpt2", help="gpt2 or the path of a tokenizer JSON file")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="gpt2, char (built from FILE itself) or the path of a tokenizer JSON file")
+    p.add_argument("--show", action="store_true", help="print the text split into tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("tokenizer", help="train tokenizers")
+    tsub = p.add_subparsers(dest="action", metavar="ACTION")
+    tsub.required = True
+    q = tsub.add_parser("train", help="train a byte-level BPE on a corpus and save it as JSON")
+    q.add_argument("--data", required=True, help="shakespeare (the embedded plays' training split), a text file, "
+                   "a directory of .txt/.md files, .jsonl, .parquet or hf:DATASET (as for train --data)")
+    q.add_argument("--out", required=True, help="the tokenizer JSON file to write")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    q.add_argument("--json", action="store_true")
+    add_config_flags(q, BPEConfig)
+    q.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a model on a text")
     p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")

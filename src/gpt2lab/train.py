@@ -73,7 +73,7 @@ class TrainConfig:
     text_field: str = "text"  # the field/column holding the text in .jsonl, .parquet and HF datasets
     hf_split: str = "train"  # the split of a Hugging Face dataset
     val_fraction: float = 0.1  # held-out tail of the tokens (not for shakespeare: whole plays)
-    tokenizer: str = "gpt2"  # gpt2 or the path of a tokenizer JSON file
+    tokenizer: str = "gpt2"  # gpt2, char (built from the training documents) or a tokenizer JSON file
     # run
     out: str | None = None  # run directory; default runs/<timestamp>
     seed: int = 1337
@@ -448,8 +448,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     and ``model_overrides`` (what the user set explicitly) applied on top;
     changing anything but the stopping rule and the logging is refused.
     ``on_step(step)`` is called after every step (tests use it to simulate a crash)."""
-    from .data import parse_source, prepare_tokens
-    from .tokenizer import load_tokenizer
+    from .data import iter_documents, parse_source, prepare_tokens
+    from .tokenizer import build_tokenizer, load_tokenizer
 
     start = time.monotonic()
     if resume is not None:
@@ -474,14 +474,17 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    source = parse_source(cfg.data, cfg.text_field, cfg.hf_split)
+    if ckpt is not None:  # resume with the very tokenizer the run was trained with
+        tokenizer = load_tokenizer(read_json(ckpt / MODEL_META).get("tokenizer", {"kind": "gpt2"}))
+    else:  # char: the characters of the training documents
+        tokenizer = build_tokenizer(cfg.tokenizer, lambda: iter_documents(source, "train"))
     if resume is None and "d_vocab" not in (model_overrides or {}):
         model_cfg = dataclasses.replace(model_cfg, d_vocab=tokenizer.n_vocab)  # fit the output layer to the tokenizer
     if tokenizer.n_vocab > model_cfg.d_vocab:
         raise UserError(f"the tokenizer has {tokenizer.n_vocab} tokens but --d-vocab is {model_cfg.d_vocab}; "
                         "leave --d-vocab unset to match the tokenizer")
 
-    source = parse_source(cfg.data, cfg.text_field, cfg.hf_split)
     created = resume is None and not run_dir.exists()
     if resume is None:
         prepare_run_dir(run_dir)
