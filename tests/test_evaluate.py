@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gpt2lab.evaluate import bits_per_byte, score_text, windows
+from gpt2lab.evaluate import attention_patterns, bits_per_byte, inspect_text, score_text, windows
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.tokenizer import gpt2_tokenizer
 
@@ -50,3 +50,55 @@ def test_long_text_uses_windows_within_the_context():
 
 def test_bits_per_byte_units():
     assert bits_per_byte(math.log(2) * 80, 10) == pytest.approx(8.0)
+
+
+TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(3)
+    m = GPT(GPTConfig.from_preset("tiny", n_ctx=16))  # short context: long texts need several windows
+    with torch.no_grad():
+        m.embed.W_E.mul_(20.0)  # peakier predictions than a fresh init, so the top-5 differ visibly
+    return m.eval()
+
+
+def test_per_token_losses_average_to_score_text(model):
+    tok = gpt2_tokenizer()
+    for text in ("To be", TEXT):  # one window, then several (TEXT is longer than n_ctx)
+        views = inspect_text(model, tok, text)
+        assert [v.id for v in views] == tok.encode(text)
+        assert "".join(v.token for v in views) == text
+        mean = sum(v.loss for v in views) / len(views)
+        assert mean == pytest.approx(score_text(model, tok, text).loss, rel=1e-6)
+    assert len(tok.encode(TEXT)) > model.cfg.n_ctx
+
+
+def test_top5_is_the_models_distribution_sorted(model):
+    tok = gpt2_tokenizer()
+    views = inspect_text(model, tok, "To be, or not")
+    ids = [tok.eot_token] + tok.encode("To be, or not")
+    with torch.no_grad():
+        probs = model(torch.tensor([ids[:-1]]))[0].softmax(-1)  # (pos, d_vocab)
+    for i, v in enumerate(views):
+        p = [q for _, q in v.top]
+        assert len(p) == 5 and p == sorted(p, reverse=True) and sum(p) <= 1.0 + 1e-6
+        assert p[0] == pytest.approx(probs[i].max().item(), rel=1e-5)
+        assert v.top[0][0] == tok.decode([int(probs[i].argmax())])
+        assert v.loss == pytest.approx(-math.log(probs[i, ids[i + 1]].item()), rel=1e-4)
+
+
+def test_attention_patterns_and_bad_text(model):
+    tok = gpt2_tokenizer()
+    tokens, patterns = attention_patterns(model, tok, "To be, or not")
+    assert tokens[0] == "<|endoftext|>" and "".join(tokens[1:]) == "To be, or not"
+    n = len(tokens)
+    assert patterns.shape == (model.cfg.n_layers, model.cfg.n_heads, n, n)
+    torch.testing.assert_close(patterns.sum(-1), torch.ones(patterns.shape[:-1]))
+    with pytest.raises(ValueError, match="at most 16"):
+        attention_patterns(model, tok, TEXT)
+    with pytest.raises(ValueError, match="empty"):
+        attention_patterns(model, tok, "")
+    with pytest.raises(ValueError, match="empty"):
+        inspect_text(model, tok, "")

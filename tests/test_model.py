@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import random_hf_model
 from gpt2lab.checkpoint import hf_to_gpt2lab, load_state_strict
-from gpt2lab.model import GPT, GPTConfig, KVCache, LayerNorm, causal_mask
+from gpt2lab.model import GPT, GPTConfig, KVCache, LayerNorm, causal_mask, gelu
 
 transformers = pytest.importorskip("transformers")
 
@@ -249,3 +249,105 @@ def test_presets_rederive_head_width():
     mini = GPTConfig.from_preset("mini")
     assert (mini.n_layers, mini.d_model, mini.n_heads, mini.d_head, mini.d_mlp, mini.n_ctx, mini.d_vocab) == \
         (2, 256, 4, 64, 1024, 256, 50257)
+
+
+# ---------------------------------------------------------------------------
+# The activation cache: what it records is what the model computes
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cached_pair():
+    """gpt2lab and HF with the same perturbed weights; HF with "eager"
+    attention, the implementation that returns the attention weights."""
+    cfg, hf, ours = make_pair("tiny", seed=1)
+    hf.set_attn_implementation("eager")
+    tokens = torch.randint(0, cfg.d_vocab, (2, 11), generator=torch.Generator().manual_seed(1))
+    return hf, ours, tokens
+
+
+@pytest.fixture(scope="module")
+def model(cached_pair):
+    return cached_pair[1]
+
+
+@pytest.fixture(scope="module")
+def tokens(cached_pair):
+    return cached_pair[2]
+
+
+def test_cached_logits_equal_forward_on_the_fast_path(model, tokens):
+    logits, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(logits, model(tokens), rtol=1e-5, atol=1e-5)
+    assert set(cache) == set(model.hook_points)
+    assert not any(h.recording for h in model.hook_points.values())  # switched off again
+
+
+def test_cached_activations_recompute_the_model(model, tokens):
+    logits, c = model.run_with_cache(tokens)
+    n = model.cfg.n_layers
+    torch.testing.assert_close(c["hook_embed"] + c["hook_pos_embed"], c["blocks.0.hook_resid_pre"])
+    for i in range(n):
+        b, blk = f"blocks.{i}.", model.blocks[i]
+        torch.testing.assert_close(c[b + "ln1.hook_normalized"], blk.ln1(c[b + "hook_resid_pre"]))
+        scale = (c[b + "hook_resid_pre"] - c[b + "hook_resid_pre"].mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True)
+        torch.testing.assert_close(c[b + "ln1.hook_scale"], (scale + model.cfg.layer_norm_eps).sqrt())
+        torch.testing.assert_close(c[b + "attn.hook_pattern"], c[b + "attn.hook_attn_scores"].softmax(-1))
+        torch.testing.assert_close(c[b + "attn.hook_z"], c[b + "attn.hook_pattern"] @ c[b + "attn.hook_v"])
+        torch.testing.assert_close(c[b + "hook_attn_out"], blk.attn(c[b + "ln1.hook_normalized"]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c[b + "hook_resid_mid"], c[b + "hook_resid_pre"] + c[b + "hook_attn_out"])
+        torch.testing.assert_close(c[b + "mlp.hook_post"], gelu(c[b + "mlp.hook_pre"]))
+        torch.testing.assert_close(c[b + "hook_mlp_out"], blk.mlp(c[b + "ln2.hook_normalized"]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c[b + "hook_resid_post"], c[b + "hook_resid_mid"] + c[b + "hook_mlp_out"])
+        if i + 1 < n:
+            assert torch.equal(c[b + "hook_resid_post"], c[f"blocks.{i + 1}.hook_resid_pre"])
+    final = model.ln_final(c[f"blocks.{n - 1}.hook_resid_post"])
+    torch.testing.assert_close(final, c["ln_final.hook_normalized"])
+    torch.testing.assert_close(final @ model.unembed.W_U, logits, rtol=1e-5, atol=1e-4)
+
+
+def test_patterns_are_causal_distributions(model, tokens):
+    _, cache = model.run_with_cache(tokens, names=lambda n: n.endswith("hook_pattern"))
+    assert len(cache) == model.cfg.n_layers
+    pos = tokens.shape[1]
+    future = torch.ones(pos, pos, dtype=torch.bool).triu(1)
+    for pattern in cache.values():
+        assert pattern.shape == (2, model.cfg.n_heads, pos, pos)
+        torch.testing.assert_close(pattern.sum(-1), torch.ones(2, model.cfg.n_heads, pos))
+        assert torch.all(pattern[..., future] == 0)
+        assert torch.all(pattern[..., ~future] > 0)
+
+
+def test_filtering_records_only_what_is_asked(model, tokens, monkeypatch):
+    wanted = ["blocks.1.hook_resid_post", "blocks.0.mlp.hook_post"]
+    _, cache = model.run_with_cache(tokens, names=wanted)
+    assert sorted(cache) == sorted(wanted)
+    _, cache = model.run_with_cache(tokens, names=lambda n: n.startswith("blocks.0.attn."))
+    assert sorted(cache) == sorted(f"blocks.0.attn.hook_{k}" for k in ("q", "k", "v", "attn_scores", "pattern", "z"))
+    with pytest.raises(ValueError, match="blocks.9.hook_resid_post"):
+        model.run_with_cache(tokens, names=["blocks.9.hook_resid_post"])
+    assert not any(h.recording for h in model.hook_points.values())
+
+    # The plain attention path is taken only while a pattern or scores are recorded.
+    calls = []
+    plain = type(model.blocks[0].attn).attend
+    monkeypatch.setattr(type(model.blocks[0].attn), "attend", lambda self, *a: calls.append(1) or plain(self, *a))
+    model.run_with_cache(tokens, names=["blocks.1.hook_resid_post"])
+    model(tokens)
+    assert calls == []
+    model.run_with_cache(tokens, names=["blocks.1.attn.hook_pattern"])
+    assert len(calls) == 1
+
+
+def test_cache_matches_transformers(cached_pair):
+    hf, model, tokens = cached_pair
+    with torch.no_grad():
+        out = hf(tokens, output_hidden_states=True, output_attentions=True)
+    logits, c = model.run_with_cache(tokens)
+    n = model.cfg.n_layers
+    # hidden_states[i] enters block i; the last one is after the final LayerNorm.
+    for i in range(n):
+        torch.testing.assert_close(c[f"blocks.{i}.hook_resid_pre"], out.hidden_states[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c[f"blocks.{i}.attn.hook_pattern"], out.attentions[i], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c["ln_final.hook_normalized"], out.hidden_states[n], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, out.logits, rtol=1e-4, atol=1e-4)

@@ -290,6 +290,54 @@ def cmd_generate(args) -> None:
         run(line.rstrip("\n"))
 
 
+def pick(name: str, chosen: int | None, n: int) -> list[int]:
+    """All of ``range(n)``, or the one index the user chose, checked."""
+    if chosen is None:
+        return list(range(n))
+    if not 0 <= chosen < n:
+        raise UserError(f"--{name} {chosen} does not exist: this model has {n} {name}s, numbered 0 to {n - 1}")
+    return [chosen]
+
+
+def cmd_attention(args) -> None:
+    from .checkpoint import load_model
+    from .evaluate import attention_patterns
+    from .plots import attention_figure, check_png_path, save_figure
+
+    check_png_path(args.out, args.overwrite)
+    model, tokenizer = load_model(args.model)
+    layers = pick("layer", args.layer, model.cfg.n_layers)
+    heads = pick("head", args.head, model.cfg.n_heads)
+    tokens, patterns = attention_patterns(model, tokenizer, args.text)  # (layer, head, pos, pos)
+    fig = attention_figure(patterns[layers][:, heads], tokens, layers, heads)
+    path = save_figure(fig, args.out, overwrite=args.overwrite)
+    if args.json:
+        print_json({"image": str(path), "tokens": tokens, "layers": layers, "heads": heads})
+    else:
+        print(f"wrote {len(layers) * len(heads)} attention heatmaps over {len(tokens)} tokens to {path}")
+
+
+def cmd_inspect(args) -> None:
+    from .checkpoint import load_model
+    from .evaluate import inspect_text
+    from .plots import check_png_path, save_figure, token_label, token_loss_figure
+
+    check_png_path(args.out, args.overwrite)
+    model, tokenizer = load_model(args.model)
+    views = inspect_text(model, tokenizer, args.text, top_k=5)
+    path = save_figure(token_loss_figure([v.token for v in views], [v.loss for v in views]), args.out,
+                       overwrite=args.overwrite)
+    mean = sum(v.loss for v in views) / len(views)
+    if args.json:
+        print_json({"tokens": [v.to_dict() for v in views], "mean_loss": mean, "image": str(path)})
+        return
+    print(f"{'pos':>4} {'token':<16} {'loss':>7}  top-5 predictions for this position (probability)")
+    for i, v in enumerate(views):
+        top = "  ".join(f"{token_label(t)[:12]:<12} {p:.3f}" for t, p in v.top)
+        print(f"{i:>4} {token_label(v.token)[:16]:<16} {v.loss:>7.3f}  {top}")
+    print(f"mean loss {mean:.4f} nats/token over {len(views)} tokens; image written to {path}")
+
+
 # ---------------------------------------------------------------------------
 # Parser and entry point
 # ---------------------------------------------------------------------------
@@ -379,6 +427,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("loss", "bpb"), default="loss")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("attention", help="attention patterns on a text, as heatmaps (one panel per head)")
+    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
+    p.add_argument("--text", required=True, help="the text to look at (the text itself, not a file)")
+    p.add_argument("--layer", type=int, help="only this layer (default: all)")
+    p.add_argument("--head", type=int, help="only this head (default: all)")
+    p.add_argument("--out", default="attention.png", help="PNG file to write (default: attention.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("inspect", help="per token: its loss and the model's top-5 predictions")
+    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
+    p.add_argument("--text", required=True, help="the text to look at (the text itself, not a file)")
+    p.add_argument("--out", default="inspect.png",
+                   help="PNG file for the text coloured by per-token loss (default: inspect.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 

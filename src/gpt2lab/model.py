@@ -31,6 +31,44 @@ beside it and ``tests/test_model.py`` proves the two agree:
   compute instead of re-running the whole sequence;
 * the loss: a chunked output layer + cross-entropy that never materialises
   the full ``(batch, pos, d_vocab)`` logits tensor.
+
+Looking inside: the activation cache
+------------------------------------
+
+Every interesting intermediate tensor passes through a :class:`HookPoint`,
+an identity layer that can record what flows through it.
+``GPT.run_with_cache(tokens)`` returns the logits and a dict of those
+recordings, named by where the hook sits in the module tree (``L`` is a
+layer number; shapes are for ``tokens`` of shape ``(batch, pos)``):
+
+===================================  ==============================  ==========================================
+name                                 shape                           what it is
+===================================  ==============================  ==========================================
+``hook_embed``                       (batch, pos, d_model)           token embeddings ``W_E[tokens]``
+``hook_pos_embed``                   (pos, d_model)                  position embeddings ``W_pos[positions]``
+``blocks.L.hook_resid_pre``          (batch, pos, d_model)           residual stream entering block L
+``blocks.L.ln1.hook_scale``          (batch, pos, 1)                 LayerNorm's divisor ``sqrt(var + eps)``
+``blocks.L.ln1.hook_normalized``     (batch, pos, d_model)           LayerNorm output (after ``w``, ``b``)
+``blocks.L.attn.hook_q``             (batch, n_heads, pos, d_head)   queries (``hook_k``, ``hook_v`` alike)
+``blocks.L.attn.hook_attn_scores``   (batch, n_heads, pos, pos)      ``q.k / sqrt(d_head)``, future = -inf
+``blocks.L.attn.hook_pattern``       (batch, n_heads, pos, pos)      softmax of the scores; rows sum to 1
+``blocks.L.attn.hook_z``             (batch, n_heads, pos, d_head)   pattern-weighted values, per head
+``blocks.L.hook_attn_out``           (batch, pos, d_model)           what attention adds to the stream
+``blocks.L.hook_resid_mid``          (batch, pos, d_model)           stream between attention and MLP
+``blocks.L.ln2.hook_scale``          (batch, pos, 1)                 as for ``ln1``
+``blocks.L.ln2.hook_normalized``     (batch, pos, d_model)           as for ``ln1``
+``blocks.L.mlp.hook_pre``            (batch, pos, d_mlp)             MLP hidden layer before GELU
+``blocks.L.mlp.hook_post``           (batch, pos, d_mlp)             after GELU
+``blocks.L.hook_mlp_out``            (batch, pos, d_model)           what the MLP adds to the stream
+``blocks.L.hook_resid_post``         (batch, pos, d_model)           residual stream leaving block L
+``ln_final.hook_scale``              (batch, pos, 1)                 final LayerNorm's divisor
+``ln_final.hook_normalized``         (batch, pos, d_model)           final LayerNorm output, fed to unembed
+===================================  ==============================  ==========================================
+
+A hook that is not recording costs one attribute test, so training pays
+nothing for them.  The fused kernels do not expose the LayerNorm scale or
+the attention scores and pattern, so while one of those hooks records, its
+layer takes the plain path instead.
 """
 
 from __future__ import annotations
@@ -125,6 +163,34 @@ PRESETS: dict[str, dict] = {
 
 
 # ---------------------------------------------------------------------------
+# Hook points: named places where activations can be recorded
+# ---------------------------------------------------------------------------
+
+
+class HookPoint(nn.Module):
+    """An identity layer that, while ``store`` is a dict, records a detached
+    copy of what passes through it under its ``name``.
+
+    ``GPT`` names every hook after its place in the module tree (for example
+    ``blocks.0.attn.hook_pattern``); :meth:`GPT.run_with_cache` switches the
+    chosen ones on for one forward pass and off again."""
+
+    def __init__(self):
+        super().__init__()
+        self.name: str | None = None
+        self.store: dict | None = None
+
+    @property
+    def recording(self) -> bool:
+        return self.store is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.store is not None:
+            self.store[self.name] = x.detach()
+        return x
+
+
+# ---------------------------------------------------------------------------
 # Components, in the order the data flows through them
 # ---------------------------------------------------------------------------
 
@@ -165,16 +231,21 @@ class LayerNorm(nn.Module):
         self.eps = cfg.layer_norm_eps
         self.w = nn.Parameter(torch.ones(cfg.d_model))  # (d_model,)
         self.b = nn.Parameter(torch.zeros(cfg.d_model))  # (d_model,)
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, pos, d_model)
         x = x - x.mean(dim=-1, keepdim=True)
-        scale = (x.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt()  # (batch, pos, 1)
-        return x / scale * self.w + self.b  # (batch, pos, d_model)
+        scale = self.hook_scale((x.pow(2).mean(dim=-1, keepdim=True) + self.eps).sqrt())  # (batch, pos, 1)
+        return self.hook_normalized(x / scale * self.w + self.b)  # (batch, pos, d_model)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        """The same computation as one fused kernel."""
-        return F.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
+        """The same computation as one fused kernel (which hides the scale:
+        while the scale is being recorded, take the plain path)."""
+        if self.hook_scale.recording:
+            return self.forward(x)
+        return self.hook_normalized(F.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps))
 
 
 class KVCache:
@@ -240,6 +311,8 @@ class Attention(nn.Module):
         self.W_O = nn.Parameter(torch.empty(h, e, d))  # (n_heads, d_head, d_model)
         self.b_O = nn.Parameter(torch.zeros(d))  # (d_model,)
         self.dropout = cfg.dropout
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
 
     def project(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """One of the query/key/value projections, for all heads at once."""
@@ -252,16 +325,17 @@ class Attention(nn.Module):
         # x: (batch, pos, d_model)
         # mask: optional (batch, 1, pos, key_pos) boolean, True where a query may attend.
         #       When None, plain causal attention over the positions given.
-        q = self.project(x, self.W_Q, self.b_Q)  # (batch, head, pos, d_head)
-        k = self.project(x, self.W_K, self.b_K)
-        v = self.project(x, self.W_V, self.b_V)
+        q = self.hook_q(self.project(x, self.W_Q, self.b_Q))  # (batch, head, pos, d_head)
+        k = self.hook_k(self.project(x, self.W_K, self.b_K))
+        v = self.hook_v(self.project(x, self.W_V, self.b_V))
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (batch, head, key_pos, d_head), earlier positions included
-        if self.fast:
+        # The fused kernel never forms the pattern: recording it needs the plain path.
+        if self.fast and not (self.hook_pattern.recording or self.hook_attn_scores.recording):
             z = self.attend_fast(q, k, v, mask)
         else:
             z = self.attend(q, k, v, mask)[0]
-        z = z.transpose(1, 2).flatten(2)  # (batch, pos, n_heads * d_head)
+        z = self.hook_z(z).transpose(1, 2).flatten(2)  # (batch, pos, n_heads * d_head)
         out = z @ self.W_O.flatten(0, 1) + self.b_O  # (batch, pos, d_model)
         return F.dropout(out, self.dropout, self.training)
 
@@ -273,8 +347,8 @@ class Attention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (batch, head, pos, key_pos)
         if mask is None:
             mask = causal_mask(q.shape[2], k.shape[2], q.device)
-        scores = scores.masked_fill(~mask, float("-inf"))  # the future is invisible
-        pattern = scores.softmax(dim=-1)  # (batch, head, pos, key_pos); rows sum to 1
+        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))  # the future is invisible
+        pattern = self.hook_pattern(scores.softmax(dim=-1))  # (batch, head, pos, key_pos); rows sum to 1
         pattern = F.dropout(pattern, self.dropout, self.training)
         return pattern @ v, pattern  # (batch, head, pos, d_head)
 
@@ -313,11 +387,12 @@ class MLP(nn.Module):
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))  # (d_mlp, d_model)
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
         self.dropout = cfg.dropout
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, pos, d_model)
-        pre = x @ self.W_in + self.b_in  # (batch, pos, d_mlp)
-        post = gelu(pre)  # (batch, pos, d_mlp)
+        pre = self.hook_pre(x @ self.W_in + self.b_in)  # (batch, pos, d_mlp)
+        post = self.hook_post(gelu(pre))  # (batch, pos, d_mlp)
         out = post @ self.W_out + self.b_out  # (batch, pos, d_model)
         return F.dropout(out, self.dropout, self.training)
 
@@ -339,12 +414,17 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = LayerNorm(cfg)
         self.mlp = MLP(cfg)
+        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
     def forward(self, resid_pre: torch.Tensor, cache: KVCache | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         # resid_pre: (batch, pos, d_model)
-        resid_mid = resid_pre + self.attn(self.ln1.forward_fast(resid_pre), cache, self.layer, mask)
-        resid_post = resid_mid + self.mlp(self.ln2.forward_fast(resid_mid))
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(self.ln1.forward_fast(resid_pre), cache, self.layer, mask))
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2.forward_fast(resid_mid)))
+        resid_post = self.hook_resid_post(resid_mid + mlp_out)
         return resid_post  # (batch, pos, d_model)
 
 
@@ -381,6 +461,12 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg)
         self.unembed = Unembed(self.embed)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.hook_points: dict[str, HookPoint] = {}  # name -> hook, every hook of the model
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_points[name] = module
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -421,7 +507,7 @@ class GPT(nn.Module):
             positions = torch.arange(start, start + n, device=tokens.device)  # (pos,)
         if positions.max() >= self.cfg.n_ctx:
             raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds n_ctx={self.cfg.n_ctx}")
-        x = self.embed(tokens) + self.pos_embed(positions)  # (batch, pos, d_model)
+        x = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(positions))  # (batch, pos, d_model)
         x = F.dropout(x, self.cfg.dropout, self.training)
         for block in self.blocks:
             x = block(x, cache, mask)  # (batch, pos, d_model)
@@ -437,6 +523,37 @@ class GPT(nn.Module):
         follow the ones already cached.  ``positions`` and ``mask`` let a
         caller place left-padded prompts (see ``generate.py``)."""
         return self.unembed(self.residual(tokens, cache, positions, mask))
+
+    @torch.no_grad()
+    def run_with_cache(self, tokens: torch.Tensor, names=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run the model and record its activations (see the table at the top).
+
+        ``names``: ``None`` records every hook; a list records those names;
+        a function ``name -> bool`` records the names it accepts.  Recording
+        fewer keeps memory bounded: a full cache of ``gpt2`` on 1,024 tokens
+        holds about 170 tensors.  Returns ``(logits, cache)``; the cached
+        tensors are detached and gradients are off."""
+        if names is None:
+            chosen = list(self.hook_points.values())
+        elif callable(names):
+            chosen = [h for n, h in self.hook_points.items() if names(n)]
+        else:
+            names = [names] if isinstance(names, str) else list(names)
+            unknown = [n for n in names if n not in self.hook_points]
+            if unknown:
+                raise ValueError(f"unknown activation name(s) {', '.join(map(repr, unknown[:5]))}; "
+                                 f"valid names look like {next(iter(self.hook_points))!r} or "
+                                 "'blocks.0.attn.hook_pattern' (see GPT.hook_points)")
+            chosen = [self.hook_points[n] for n in names]
+        cache: dict[str, torch.Tensor] = {}
+        for hook in chosen:
+            hook.store = cache
+        try:
+            logits = self(tokens)
+        finally:  # never leave a hook recording, even if the forward pass failed
+            for hook in chosen:
+                hook.store = None
+        return logits, cache
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
         """Mean cross-entropy (nats per token) of predicting ``targets``.
