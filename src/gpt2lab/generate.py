@@ -154,6 +154,8 @@ def choose_next(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor | 
     if cfg.top_p < 1.0:
         logits = filter_top_p(logits, cfg.top_p)
     probs = logits.softmax(dim=-1)  # (batch, d_vocab)
+    if generator is not None and generator.device != probs.device:  # e.g. a CPU generator, a GPU model
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (batch,)
 
 
