@@ -491,7 +491,7 @@ if QUICK:
                          log_every=10, checkpoint_every=30)
 else:
     train_cfg = GPTConfig.from_preset("mini", n_ctx=128)
-    recipe = TrainConfig(max_minutes=4.0, max_steps=5000, eval_every=50, log_every=25)
+    recipe = TrainConfig(max_minutes=4.0, max_steps=5000, eval_every=50, log_every=5)  # log often: slow CPUs step rarely
 recipe = dataclasses.replace(recipe, out=f"{run_tmp.name}/run", sample_tokens=0, progress=False)
 
 result = train(recipe, train_cfg)
