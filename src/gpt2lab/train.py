@@ -227,16 +227,16 @@ class WindowSampler:
         if not self.epoch_mode:
             starts = torch.randint(0, self.n_tokens - self.n_ctx, (global_batch,), generator=self.generator)
         else:
-            picked = []
-            while len(picked) < global_batch:
+            picked, count = [], 0
+            while count < global_batch:
                 perm = self.permutation()
-                take = min(global_batch - len(picked), self.n_windows - self.position)
+                take = min(global_batch - count, self.n_windows - self.position)
                 picked.append(perm[self.position:self.position + take])
                 self.position += take
+                count += take
                 if self.position == self.n_windows:  # epoch done: the next one reshuffles
                     self.epoch, self.position, self._perm = self.epoch + 1, 0, None
-                picked = [torch.cat(picked)]
-            starts = picked[0] * self.n_ctx
+            starts = torch.cat(picked) * self.n_ctx
         return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
     @property
