@@ -145,7 +145,7 @@ def test_resume_matches_uninterrupted_run(corpus, tmp_path):
 
 
 def test_resume_in_epoch_mode_matches(corpus, tmp_path):
-    kw = dict(epochs=0.05, max_steps=1000, eval_every=3, checkpoint_every=3)
+    kw = dict(epochs=0.01, max_steps=1000, eval_every=3, checkpoint_every=3)
     full = T.train(cfg(corpus, tmp_path / "full", **kw), tiny_model(), log=quiet)
     assert full.stopped_by == "epochs"
 
@@ -249,6 +249,7 @@ def test_unwritable_out_dir(tmp_path, corpus):
     assert_user_error(proc, "cannot write")
 
 
+@pytest.mark.slow
 def test_cli_trains_resumes_after_kill_9_and_prints_sample(corpus, tmp_path):
     """A run killed with SIGKILL leaves a loadable checkpoint and resumes to
     the losses of an uninterrupted run."""

@@ -495,7 +495,7 @@ def prepare_tokens(source: Source, tokenizer, val_fraction: float = 0.1, cache: 
     dtype = token_dtype(tokenizer.n_vocab)
     try:
         bar = tqdm(desc=f"tokenizing {source.spec}", unit="B", unit_scale=True, disable=not progress,
-                   leave=False)
+                   leave=False, delay=1.0)  # small corpora: no bar at all
         with open(tmp / "tokens.bin", "wb") as f:
             n_train, d_train, b_train = _write_documents(f, tokenizer, iter_documents(source, "train"), dtype, bar)
             if source.kind == "shakespeare":

@@ -80,7 +80,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu, cuda, cuda:1, mps
     threads: int = 0  # torch CPU threads; 0: torch's default (all cores)
     # batch and optimisation
-    batch_size: int = 16  # sequences per micro-step per process
+    batch_size: int = 8  # sequences per micro-step per process
     grad_accum: int = 1  # micro-steps whose gradients add up to one step
     lr: float = 3e-3  # peak learning rate
     min_lr: float = 3e-4  # floor of the cosine decay
@@ -92,14 +92,14 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     loss_chunk: int = 0  # rows of logits per chunk in the loss (0: all at once)
     # when to stop (whichever comes first)
-    max_steps: int = 600
+    max_steps: int = 300
     epochs: float | None = None  # passes over the training windows, sampled without replacement
     max_minutes: float | None = None  # wall-clock limit
     # logging, evaluation, checkpoints
     log_every: int = 1
-    eval_every: int = 100
+    eval_every: int = 50
     eval_batches: int = 8
-    checkpoint_every: int = 200
+    checkpoint_every: int = 100
     keep_checkpoints: int = 2
     sample_tokens: int = 200  # tokens of text generated at the end (0: none)
     sample_temperature: float = 0.8
@@ -227,16 +227,16 @@ class WindowSampler:
         if not self.epoch_mode:
             starts = torch.randint(0, self.n_tokens - self.n_ctx, (global_batch,), generator=self.generator)
         else:
-            picked = []
-            while len(picked) < global_batch:
+            picked, count = [], 0
+            while count < global_batch:
                 perm = self.permutation()
-                take = min(global_batch - len(picked), self.n_windows - self.position)
+                take = min(global_batch - count, self.n_windows - self.position)
                 picked.append(perm[self.position:self.position + take])
                 self.position += take
+                count += take
                 if self.position == self.n_windows:  # epoch done: the next one reshuffles
                     self.epoch, self.position, self._perm = self.epoch + 1, 0, None
-                picked = [torch.cat(picked)]
-            starts = picked[0] * self.n_ctx
+            starts = torch.cat(picked) * self.n_ctx
         return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
     @property
