@@ -260,3 +260,20 @@ def test_cli_tokenize_bad_tokenizer(tmp_path, spec, content, fragment):
         (tmp_path / spec).write_text(content, encoding="utf-8")
     proc = run_cli("tokenize", tmp_path / "x.txt", "--tokenizer", spec, cwd=tmp_path)
     assert_user_error(proc, fragment)
+
+
+def test_bpe_spec_trains_on_the_given_texts_deterministically():
+    from gpt2lab.tokenizer import build_tokenizer
+    texts = ["To be, or not to be, that is the question. " * 20, "Whether 'tis nobler in the mind to suffer. " * 20]
+    a = build_tokenizer("bpe:300", lambda: iter(texts))
+    b = build_tokenizer("bpe:300", lambda: iter(texts))
+    assert 257 < a.n_vocab <= 300 and a.to_dict() == b.to_dict()
+    assert len(a.encode(texts[0])) < len(texts[0].encode()) / 2  # merges learned from these texts
+    assert a.decode(a.encode("unseen text: ünïcødé")) == "unseen text: ünïcødé"
+
+
+@pytest.mark.parametrize("spec", ["bpe:x", "bpe:10"])
+def test_bad_bpe_spec_is_a_clear_error(spec):
+    from gpt2lab.tokenizer import build_tokenizer
+    with pytest.raises(TokenizerError, match="bpe"):
+        build_tokenizer(spec, lambda: iter(["some text"]))

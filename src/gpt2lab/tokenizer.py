@@ -269,7 +269,7 @@ def load_tokenizer(spec: str | dict | None = "gpt2") -> Tokenizer:
                              "text (train, tokenize), or save one and pass its path")
     path = Path(spec)
     if not path.is_file():
-        raise TokenizerError(f"unknown tokenizer {spec!r}: use 'gpt2', 'char' or the path of a tokenizer JSON file")
+        raise TokenizerError(f"unknown tokenizer {spec!r}: use 'gpt2', 'char', 'bpe:N' (with train) or the path of a tokenizer JSON file")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -278,13 +278,24 @@ def load_tokenizer(spec: str | dict | None = "gpt2") -> Tokenizer:
 
 
 def build_tokenizer(spec: str | dict | None, texts: Callable[[], Iterable[str]] | None = None) -> Tokenizer:
-    """The tokenizer a run asks for: ``gpt2``, a saved file, or ``char``
-    built from ``texts()`` (called only for ``char``, so the corpus is read
-    only when it is needed)."""
-    if spec == "char":
+    """The tokenizer a run asks for: ``gpt2``, a saved file, ``char`` built
+    from ``texts()``, or ``bpe:N``, a byte-level BPE of N tokens trained on
+    ``texts()`` (called only for those two, so the corpus is read only when
+    it is needed).  BPE training is deterministic, so the same corpus always
+    gives the same tokenizer, and its token shards are re-used."""
+    if isinstance(spec, str) and (spec == "char" or spec.startswith("bpe:")):
         if texts is None:
-            return load_tokenizer("char")  # raises the explanation
-        return CharTokenizer.from_texts(texts())
+            raise TokenizerError(f"--tokenizer {spec} is built from the training corpus; "
+                                 "use it with `gpt2lab train`, or save one with `gpt2lab tokenizer train`")
+        if spec == "char":
+            return CharTokenizer.from_texts(texts())
+        from .bpe import BPEConfig, train_bpe
+
+        try:
+            cfg = BPEConfig(vocab_size=int(spec[4:]))
+        except ValueError as e:
+            raise TokenizerError(f"--tokenizer {spec}: {e}; write bpe:N with N the vocabulary size, e.g. bpe:4096") from None
+        return train_bpe(texts(), cfg)
     return load_tokenizer(spec)
 
 

@@ -73,7 +73,7 @@ class TrainConfig:
     text_field: str = "text"  # the field/column holding the text in .jsonl, .parquet and HF datasets
     hf_split: str = "train"  # the split of a Hugging Face dataset
     val_fraction: float = 0.1  # held-out tail of the tokens (not for shakespeare: whole plays)
-    tokenizer: str = "gpt2"  # gpt2, char (built from the training documents) or a tokenizer JSON file
+    tokenizer: str = "gpt2"  # gpt2, char or bpe:N (built from the training documents), or a tokenizer JSON file
     # run
     out: str | None = None  # run directory; default runs/<timestamp>
     seed: int = 1337
