@@ -45,7 +45,7 @@ run to a few seconds (the test suite does this).
 5. The components, written here and checked: LayerNorm, embeddings, attention, MLP, block, unembedding
 6. Training a small GPT-2 on Shakespeare (`gpt2lab.train`), and its loss curve
 7. Looking inside: the activation cache, attention patterns, per-token losses
-8. Sampling: temperature and top-k (top-p to come)
+8. Sampling: temperature, top-k and top-p
 """)
 
 code(r"""
@@ -586,20 +586,36 @@ instead, reshaped first:
 - **top-k**: keep only the $k$ most likely tokens, so that the long tail of
   individually unlikely tokens cannot be drawn.
 
-`gpt2lab.generate.sample` does both.
+- **top-p** (nucleus): keep the smallest set of most likely tokens whose
+  probabilities add up to at least $p$, so the number of candidates adapts:
+  few when the model is sure, many when it is not.
 
-> **Placeholder: top-p** (keep the smallest set of tokens whose probabilities
-> add up to $p$) will be shown here once `gpt2lab.generate` offers it.
+Here is top-p by hand on the model's next-token distribution after a prompt,
+then the same controls through `gpt2lab.generate.Generator`, which applies
+them in the usual order (repetition penalty, temperature, top-k, top-p) with
+a KV cache.
 """)
 
 code(r"""
-from gpt2lab.generate import sample
+from gpt2lab.generate import Generator, SamplingConfig
 
 prompt_ids = tok.encode("ROMEO:\n")
-for temperature, top_k in [(0.0, None), (0.8, 40), (1.5, None)]:
-    new = sample(model, prompt_ids, 30, temperature=temperature, top_k=top_k,
-                 generator=torch.Generator().manual_seed(0))
-    print(f"--- temperature {temperature}, top-k {top_k}\n{tok.decode(prompt_ids + new)}\n")
+with torch.no_grad():
+    probs = model(torch.tensor([prompt_ids]))[0, -1].softmax(-1)
+sorted_probs, order = probs.sort(descending=True)
+p = 0.9
+keep = (sorted_probs.cumsum(0) - sorted_probs) < p   # tokens needed before the mass reaches p
+print(f"top-p {p} keeps {int(keep.sum())} of {len(probs)} tokens, "
+      f"holding {sorted_probs[keep].sum().item():.3f} of the probability")
+assert sorted_probs[keep].sum() >= p - 1e-6 and sorted_probs[keep][:-1].sum() < p
+
+gen = Generator(model, tok)
+for label, cfg in [("greedy", SamplingConfig(max_new_tokens=30, greedy=True)),
+                   ("temperature 0.8, top-k 40", SamplingConfig(max_new_tokens=30, temperature=0.8, top_k=40, seed=0)),
+                   ("top-p 0.9", SamplingConfig(max_new_tokens=30, top_p=0.9, seed=0)),
+                   ("temperature 1.5", SamplingConfig(max_new_tokens=30, temperature=1.5, seed=0))]:
+    text = gen.generate("ROMEO:\n", cfg)[0].text
+    print(f"--- {label}\n{text}\n")
 """)
 
 code(r"""
