@@ -31,7 +31,7 @@ CATALOGUE = [
     (["tokenize", "{W}/missing.txt"], ["missing.txt does not exist", "check the path"]),
     (["tokenize", "{W}/adir"], ["is a directory", "give a text file"]),
     (["tokenize", "{W}/latin1.txt"], ["not UTF-8", "convert it to UTF-8"]),
-    (["tokenize", "{W}/text.txt", "--tokenizer", "{W}/missing.json"], ["unknown tokenizer", "use 'gpt2' or"]),
+    (["tokenize", "{W}/text.txt", "--tokenizer", "{W}/missing.json"], ["unknown tokenizer", "use 'gpt2'"]),
     (["tokenize", "{W}/text.txt", "--tokenizer", "{W}/text.txt"], ["cannot read tokenizer file", "retrain"]),
     (["tokenize"], ["the following arguments are required: file", "--help"]),
     # eval
@@ -54,6 +54,31 @@ CATALOGUE = [
     (["info"], ["give --model PATH or --preset NAME"]),
     (["info", "--preset", "gpt5"], ["unknown preset 'gpt5'", "choose one of"]),
     (["info", "--model", "{W}/hf-fields"], ["lacks the GPT-2 field", "GPT-2 config.json"]),
+    # tokenizer train
+    (["tokenizer", "train", "--data", "{W}/missing.txt", "--out", "{W}/t.json"], ["does not exist", "give a file"]),
+    (["tokenizer", "train", "--data", "{W}/text.txt", "--out", "{W}/other.json"],
+     ["already exists", "pass --overwrite"]),
+    (["tokenizer", "train", "--data", "{W}/text.txt", "--out", "{W}/t.json", "--vocab-size", "3"], ["vocab"]),
+    (["tokenizer", "train", "--data", "{W}/latin1.txt", "--out", "{W}/t.json"], ["not UTF-8", "convert it"]),
+    (["tokenizer"], ["required: ACTION", "--help"]),
+    # generate
+    (["generate", "--model", "{W}/missing"], ["does not exist", "give a run directory"]),
+    (["generate", "--model", "{W}/run", "--max-new-tokens", "1000000"], ["between 1 and 100,000"]),
+    (["generate", "--model", "{W}/run", "--num-samples", "1000"], ["between 1 and 64"]),
+    (["generate", "--model", "{W}/run", "--temperature", "0"], ["temperature must be > 0", "use greedy"]),
+    (["generate", "--model", "{W}/run", "--top-p", "2"], ["top_p must be in (0, 1]", "1 keeps every token"]),
+    (["generate", "--model", "{W}/run", "--prompt-file", "{W}/latin1.txt"], ["not UTF-8", "convert it"]),
+    (["generate", "--model", "{W}/run", "--interactive", "--prompt", "hi"], ["drop --prompt"]),
+    (["generate", "--model", "{W}/corrupt"], ["not a readable safetensors", "re-export"]),
+    # attention, inspect
+    (["attention", "--model", "{W}/run", "--text", "hi", "--layer", "7", "--out", "{W}/a.png"],
+     ["--layer 7 does not exist", "numbered 0 to 1"]),
+    (["attention", "--model", "{W}/run", "--text", "hi", "--out", "{W}/a.txt"], ["must end in .png"]),
+    (["attention", "--model", "{W}/run", "--text", "hi", "--out", "{W}/adir/notes.md"],
+     ["already exists", "pass --overwrite"]),
+    (["inspect", "--model", "{W}/run", "--text", "hi", "--out", "{W}/missing/i.png"], ["does not exist",
+                                                                                      "create it first"]),
+    (["inspect", "--model", "{W}/hf-pickle", "--text", "hi", "--out", "{W}/i.png"], ["refusing to load"]),
     # train: flags
     (["train", "--max-steps", "0"], ["--max-steps must be a positive integer"]),
     (["train", "--lr", "fast"], ["--lr", "invalid float value", "--help"]),
@@ -156,7 +181,8 @@ def run_main(argv: list[str]) -> tuple[int, str]:
 
 def test_catalogue_has_every_command_and_enough_cases():
     commands = {argv[0] for argv, _ in CATALOGUE}
-    assert commands >= {"tokenize", "eval", "export", "info", "train", "plot"}
+    assert commands >= {"tokenize", "tokenizer", "eval", "export", "generate", "info", "train", "plot",
+                        "attention", "inspect"}
     assert len(CATALOGUE) >= 30
 
 

@@ -502,9 +502,11 @@ def check_checkpoint_matches(ckpt: Path, model_cfg: GPTConfig, run_dir: Path) ->
         theirs = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
         differing = [k for k in {*theirs, *run_tokenizer} if theirs.get(k) != run_tokenizer.get(k)]
         k = "kind" if "kind" in differing else min(differing, default="kind")
-        raise UserError(f"--resume {run_dir}: checkpoint {ckpt.name} has tokenizer {k} {theirs.get(k)!r} but "
-                        f"the run was trained with {run_tokenizer.get(k)!r}; it belongs to another run (move it "
-                        "out, or resume the run it came from)")
+        ours, other = run_tokenizer.get(k), theirs.get(k)
+        what = f"{other!r} but the run was trained with {ours!r}" if len(repr(ours) + repr(other)) < 80 \
+            else "that differs from the run's"  # a vocabulary or merge list: too long to print
+        raise UserError(f"--resume {run_dir}: checkpoint {ckpt.name} has tokenizer {k} {what}; it belongs to "
+                        "another run (move it out, or resume the run it came from)")
 
 
 class StopOnSignal:
