@@ -32,6 +32,17 @@ def assert_user_error(proc, *fragments):
         assert frag.lower() in lines[0].lower(), lines[0]
 
 
+class Booby:
+    """A booby-trapped pickle: unpickling it calls ``open(path, "w")``, creating
+    a file, the stand-in for any code a pickle can run while it is loaded."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def random_hf_model(preset: str = "tiny", seed: int = 0, **overrides):
     """A randomly initialised transformers GPT2LMHeadModel for a gpt2lab preset,
     with LayerNorm parameters and biases moved away from 1/0 so that a swapped

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from .errors import UserError
 from .model import GPT, GPTConfig
@@ -55,6 +57,8 @@ def write_atomic(path: Path, write) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk or a read-only folder: say which file could not be written
+        raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -70,6 +74,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Serialise first, then write with plain Python file calls: a full disk
+    then surfaces as an ``OSError`` naming the file and the reason ("No space
+    left on device"), where the serialisers' own writers report it as an
+    opaque ``SafetensorError`` or ``RuntimeError``.  Costs one copy of the
+    bytes in memory while writing."""
+    write_atomic(path, lambda p: Path(p).write_bytes(data))
+
+
 def write_json(path: Path, obj) -> None:
     write_atomic(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
 
@@ -78,7 +91,25 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+        raise UserError(f"cannot read {path}: {e}; restore or regenerate the file") from None
+
+
+def torch_load_safely(path: Path, fix: str):
+    """``torch.load`` of a pickle, with ``weights_only=True``: only tensors
+    and plain containers (dicts, lists, numbers, strings) come out.  A pickle
+    can name any Python function to call while it is being loaded (that is
+    how it rebuilds objects), so a file from elsewhere that names anything
+    else (``os.system``, ``builtins.open``...) is refused before any of it
+    runs.  ``fix`` ends the error message: what the user can do instead."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        culprit = f"calls {found.group(1)} when loaded" if found else "holds objects other than tensors"
+        raise UserError(f"refusing to load {path}: it {culprit}, and only tensors and plain containers are "
+                        f"allowed (unpickling anything else could run code); {fix}") from None
+    except Exception as e:  # noqa: BLE001 - any other failure means an unusable file
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; {fix}") from None
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -98,7 +129,7 @@ def save_model(model: GPT, tokenizer: Tokenizer, folder: Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    write_atomic(folder / MODEL_FILE, lambda p: save_file(tensors, str(p)))
+    write_bytes_atomic(folder / MODEL_FILE, save_safetensors(tensors))
     write_json(folder / MODEL_META, {"format": "gpt2lab", "version": 1,
                                      "model": model.cfg.to_dict(), "tokenizer": tokenizer.to_dict()})
 
@@ -277,11 +308,7 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     if st.is_file():
         return read_safetensors(st)
     if binary.is_file():
-        try:
-            # weights_only=True: tensors and plain containers only, never arbitrary objects.
-            sd = torch.load(binary, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
-            raise UserError(f"refusing to load {binary}: {str(e).splitlines()[0]}") from None
+        sd = torch_load_safely(binary, "convert a trusted copy to model.safetensors")
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise UserError(f"{binary} is not a plain state dict of tensors")
         return sd
@@ -322,9 +349,9 @@ def export_hf(model: GPT, tokenizer: Tokenizer, folder, overwrite: bool = False)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create {folder}: {e.strerror}") from None
+        raise UserError(f"cannot create {folder}: {e.strerror}; choose another --to directory") from None
     tensors = gpt2lab_to_hf(model)
-    write_atomic(folder / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    write_bytes_atomic(folder / "model.safetensors", save_safetensors(tensors, metadata={"format": "pt"}))
     write_json(folder / "config.json", hf_config(model.cfg, tokenizer.eot_token))
     hf_tok = hf_tokenizer(tokenizer)  # same ids as ours
     write_atomic(folder / "tokenizer.json", lambda p: hf_tok.save(str(p)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ import types
 import typing
 
 from .bpe import BPEConfig
-from .errors import UserError
+from .errors import Stopped, UserError
 
 # ---------------------------------------------------------------------------
 # Config dataclasses <-> flags, one flag per field
@@ -226,7 +227,7 @@ def cmd_plot(args) -> None:
 
     for d in args.runs:
         if not Path(d).is_dir():
-            raise UserError(f"{d} is not a run directory")
+            raise UserError(f"{d} is not a run directory; give the --out directory of a gpt2lab train run")
     out = args.out or (str(Path(args.runs[0]) / "loss.png") if len(args.runs) == 1 else "loss_compare.png")
     path = plot_runs(args.runs, out, metric=args.metric)
     if args.json:
@@ -458,6 +459,11 @@ def report_crash(exc: BaseException) -> str:
     return path
 
 
+# Errors of the machine rather than of gpt2lab: the user fixes them by freeing
+# space or fixing permissions, so they get a one-line message, not a crash log.
+ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -469,12 +475,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # invalid config values and tokenizer files are reported as ValueError
         print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"gpt2lab {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"gpt2lab {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
     except Exception as e:  # noqa: BLE001 - last resort: short message, traceback to a log
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRORS:
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"gpt2lab {args.command}: error: {where}{e.strerror}; free some disk space or fix the "
+                  "permissions, then run the command again", file=sys.stderr)
+            return 2
         path = report_crash(e)
         print(f"gpt2lab {args.command}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               f"(traceback saved to {path}; please report it)", file=sys.stderr)

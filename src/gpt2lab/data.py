@@ -493,9 +493,9 @@ def prepare_tokens(source: Source, tokenizer, val_fraction: float = 0.1, cache: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     dtype = token_dtype(tokenizer.n_vocab)
+    bar = tqdm(desc=f"tokenizing {source.spec}", unit="B", unit_scale=True, disable=not progress,
+               leave=False, delay=1.0)  # small corpora: no bar at all
     try:
-        bar = tqdm(desc=f"tokenizing {source.spec}", unit="B", unit_scale=True, disable=not progress,
-                   leave=False, delay=1.0)  # small corpora: no bar at all
         with open(tmp / "tokens.bin", "wb") as f:
             n_train, d_train, b_train = _write_documents(f, tokenizer, iter_documents(source, "train"), dtype, bar)
             if source.kind == "shakespeare":
@@ -504,7 +504,7 @@ def prepare_tokens(source: Source, tokenizer, val_fraction: float = 0.1, cache: 
                 n_val, d_val, b_val = 0, 0, 0
             f.flush()
             os.fsync(f.fileno())
-        bar.close()
+        bar.close()  # before any error below, so the message starts on a clean line
         n_total = n_train + n_val
         if n_total == 0 or (b_train + b_val) == 0:
             raise UserError(f"data source {source.spec} is empty (or only whitespace); give some text")
@@ -525,5 +525,6 @@ def prepare_tokens(source: Source, tokenizer, val_fraction: float = 0.1, cache: 
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     finally:
+        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return TokenShards(folder, header)

@@ -78,7 +78,7 @@ def plot_runs(run_dirs, out, metric: str = "loss") -> Path:
         fig.savefig(tmp, dpi=100)
         tmp.replace(out)  # readers never see half a picture
     except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
+        raise UserError(f"cannot write {out}: {e.strerror}; choose another --out") from None
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

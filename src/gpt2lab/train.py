@@ -17,6 +17,18 @@ written atomically.  Resuming restores the weights, the optimizer, the
 sampler's position and every random state, so a resumed run produces the
 very same losses as one that was never interrupted.
 
+What can go wrong, and what happens then:
+
+* killed outright (SIGKILL, power cut): the newest complete checkpoint is
+  intact, at most ``checkpoint_every`` steps are lost, ``--resume`` goes on;
+* Ctrl-C or SIGTERM: the step in progress finishes, a checkpoint is written,
+  and the run stops with a message saying how to resume (:class:`StopOnSignal`);
+* a checkpoint that cannot be written (disk full): the run stops saying so,
+  the earlier checkpoints untouched;
+* a NaN or infinite loss or gradient: the run stops, keeping the last good
+  checkpoint, or with ``on_nan="skip"`` skips that step; a loss far above the
+  recent mean (``spike_factor``) is reported on stderr and in the metrics.
+
 A run directory::
 
     RUN/
@@ -33,12 +45,15 @@ A run directory::
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +62,8 @@ import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINTS, MODEL_META, fsync_dir, latest_checkpoint, load_state_strict, \
-    read_json, read_safetensors, MODEL_FILE, save_model, write_json
-from .errors import UserError
+    read_json, read_safetensors, MODEL_FILE, save_model, torch_load_safely, write_bytes_atomic, write_json
+from .errors import Stopped, UserError
 from .model import GPT, GPTConfig
 
 STATE_FILE = "training_state.pt"
@@ -105,6 +120,9 @@ class TrainConfig:
     sample_temperature: float = 0.8
     sample_top_k: int = 40
     progress: bool = True  # tqdm progress bar
+    # numerical guards
+    on_nan: str = "stop"  # a NaN/Inf loss or gradient: stop (keeping the last checkpoint) or skip the step
+    spike_factor: float = 3.0  # report a loss above this many times the mean of the last 20 (0: never)
 
     def __post_init__(self) -> None:
         positive_int = ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "eval_batches",
@@ -134,6 +152,10 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {v!r}")
+        if self.on_nan not in ("stop", "skip"):
+            raise UserError(f"--on-nan must be stop or skip, got {self.on_nan!r}")
+        if not (math.isfinite(self.spike_factor) and (self.spike_factor == 0 or self.spike_factor > 1)):
+            raise UserError(f"--spike-factor must be above 1 (or 0 to turn spike reports off), got {self.spike_factor!r}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction!r}")
 
@@ -149,7 +171,10 @@ DEFAULT_MODEL_OVERRIDES = dict(n_ctx=128)
 # Fields that may change when resuming (they do not change what was learned so far).
 RESUMABLE_CHANGES = {"max_steps", "epochs", "max_minutes", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "sample_tokens", "sample_temperature", "sample_top_k", "progress",
-                     "device", "threads", "out"}
+                     "device", "threads", "out", "on_nan", "spike_factor"}
+
+# How many recent losses the spike detector averages, and how many it needs first.
+SPIKE_WINDOW, SPIKE_MIN_HISTORY = 20, 5
 
 
 # ---------------------------------------------------------------------------
@@ -297,41 +322,72 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer, optimizer, 
     """Write a complete checkpoint into a temporary directory, fsync it, then
     rename it into place: a crash at any moment leaves the previous
     checkpoints untouched and never a half-written one under a real name.
-    Then delete all but the newest ``keep``."""
+    Then delete all but the newest ``keep``.
+
+    A checkpoint that cannot be written (a full disk, a file-size limit, a
+    read-only folder) stops the run with a :class:`UserError` saying so; its
+    temporary directory is removed and the older checkpoints stay as they were."""
     folder = Path(run_dir) / CHECKPOINTS
-    folder.mkdir(parents=True, exist_ok=True)
     final = step_dir(run_dir, step)
     tmp = folder / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tokenizer, tmp)  # each file written atomically and fsynced
-    state = {"step": step, "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-             "torch_rng": torch.get_rng_state(), **extra}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    with open(tmp / STATE_FILE, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(tmp)
-    if final.exists():  # the same step saved again (e.g. a resumed run that had nothing to do)
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    fsync_dir(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tokenizer, tmp)  # each file written atomically and fsynced
+        state = {"step": step, "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+                 "torch_rng": torch.get_rng_state(), **extra}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes_atomic(tmp / STATE_FILE, buffer.getvalue())
+        fsync_dir(tmp)
+        if final.exists():  # the same step saved again (e.g. a resumed run that had nothing to do)
+            discard(final)
+        os.rename(tmp, final)
+        fsync_dir(folder)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        kept = f"the last good checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise UserError(f"cannot write checkpoint {final.name} ({e.filename or folder}: {e.strerror}); {kept}; "
+                        f"free some disk space (or fix the permissions) and continue with "
+                        f"gpt2lab train --resume {run_dir}") from None
     steps = sorted((p for p in folder.iterdir() if re.fullmatch(r"step_\d+", p.name)), key=lambda p: p.name)
     for old in steps[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        discard(old)
     return final
+
+
+def discard(checkpoint: Path) -> None:
+    """Delete a checkpoint directory without ever leaving half of one under
+    its real name (a crash in the middle of ``rmtree`` would): rename it to a
+    temporary name first, then delete that."""
+    doomed = checkpoint.with_name(f".tmp-deleting-{checkpoint.name}-{os.getpid()}")
+    os.rename(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete what a killed run left half-written: ``checkpoints/.tmp-*``
+    directories (a checkpoint being saved) and ``.*.tmp*`` files (an atomic
+    write in progress).  None of them is ever read, so this only frees space."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".tmp-") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name.startswith(".") and ".tmp" in p.name and p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def load_training_state(ckpt: Path) -> dict:
     path = ckpt / STATE_FILE
     if not path.is_file():
         raise UserError(f"checkpoint {ckpt} has no {STATE_FILE}; it cannot be resumed")
-    try:
-        # weights_only=True: tensors and plain containers only, never arbitrary objects.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means an unusable file
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    return torch_load_safely(path, "resume only runs you trust, or start a new run")
 
 
 # ---------------------------------------------------------------------------
@@ -428,6 +484,62 @@ def check_compatible(saved: dict, new: dict, what: str, run_dir: Path) -> None:
                         "an incompatible config cannot resume this run (start a new --out instead)")
 
 
+def check_checkpoint_matches(ckpt: Path, model_cfg: GPTConfig, run_dir: Path) -> None:
+    """Refuse a checkpoint that does not belong to this run (copied in from
+    another run, say): its model config and tokenizer must be the ones the
+    run's ``config.json`` recorded.  Otherwise the weights would either fail
+    to load with a puzzling shape error or, worse, load and be decoded with
+    the wrong vocabulary."""
+    meta = read_json(ckpt / MODEL_META)
+    run_tokenizer = read_json(run_dir / CONFIG_FILE).get("tokenizer")
+    saved = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    for k, v in model_cfg.to_dict().items():
+        if saved.get(k) != v:
+            raise UserError(f"--resume {run_dir}: checkpoint {ckpt.name} has model {k} {saved.get(k)!r} but the "
+                            f"run was configured with {v!r}; it belongs to another run (move it out, or resume "
+                            "the run it came from)")
+    if run_tokenizer is not None and meta.get("tokenizer") != run_tokenizer:
+        theirs = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
+        differing = [k for k in {*theirs, *run_tokenizer} if theirs.get(k) != run_tokenizer.get(k)]
+        k = "kind" if "kind" in differing else min(differing, default="kind")
+        ours, other = run_tokenizer.get(k), theirs.get(k)
+        what = f"{other!r} but the run was trained with {ours!r}" if len(repr(ours) + repr(other)) < 80 \
+            else "that differs from the run's"  # a vocabulary or merge list: too long to print
+        raise UserError(f"--resume {run_dir}: checkpoint {ckpt.name} has tokenizer {k} {what}; it belongs to "
+                        "another run (move it out, or resume the run it came from)")
+
+
+class StopOnSignal:
+    """Turn SIGINT (Ctrl-C) and SIGTERM (what ``kill`` and job schedulers
+    send) into a request that the loop checks between steps, so a run
+    asked to stop finishes its step, writes a checkpoint and exits cleanly
+    instead of dying mid-step.  A second signal stops at once
+    (``KeyboardInterrupt``); the checkpoints on disk stay valid either way,
+    since each is written atomically.  Outside the main thread (where Python
+    cannot install handlers) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before (Python's default turns Ctrl-C into KeyboardInterrupt)."""
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+
 def load_run_config(run_dir: Path) -> tuple[TrainConfig, GPTConfig]:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
@@ -455,13 +567,15 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     if resume is not None:
         run_dir = Path(resume)
         if not run_dir.is_dir():
-            raise UserError(f"--resume {run_dir}: no such run directory")
+            raise UserError(f"--resume {run_dir}: no such run directory; give the --out directory of an earlier run")
         saved_cfg, saved_model = load_run_config(run_dir)
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None or not (ckpt / STATE_FILE).is_file():
             raise UserError(f"--resume {run_dir}: no checkpoint to resume from; start a new run instead")
         check_compatible(saved_cfg.to_dict(), train_overrides or {}, "training", run_dir)
         check_compatible(saved_model.to_dict(), model_overrides or {}, "model", run_dir)
+        check_checkpoint_matches(ckpt, saved_model, run_dir)
+        remove_stale_temporaries(run_dir)
         cfg = dataclasses.replace(saved_cfg, **{k: v for k, v in (train_overrides or {}).items() if k != "out"})
         cfg.out = str(run_dir)
         model_cfg = saved_model
@@ -488,18 +602,18 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     created = resume is None and not run_dir.exists()
     if resume is None:
         prepare_run_dir(run_dir)
+    n_ctx = model_cfg.n_ctx
     try:
         shards = prepare_tokens(source, tokenizer, cfg.val_fraction, progress=cfg.progress)
+        train_tokens, val_tokens = shards.train, shards.val
+        for name, toks in (("training", train_tokens), ("validation", val_tokens)):
+            if len(toks) < n_ctx + 1:
+                raise UserError(f"the {name} split of {cfg.data} has {len(toks)} tokens, fewer than one context "
+                                f"window ({n_ctx + 1}); give more text or a smaller --n-ctx")
     except BaseException:
         if created and not any(run_dir.iterdir()):
             run_dir.rmdir()  # leave nothing behind for a run that never started
         raise
-    train_tokens, val_tokens = shards.train, shards.val
-    n_ctx = model_cfg.n_ctx
-    for name, toks in (("training", train_tokens), ("validation", val_tokens)):
-        if len(toks) < n_ctx + 1:
-            raise UserError(f"the {name} split of {cfg.data} has {len(toks)} tokens, fewer than one context "
-                            f"window ({n_ctx + 1}); give more text or a smaller --n-ctx")
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum * n_ctx
     total_steps = cfg.max_steps
@@ -514,6 +628,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     optimizer = make_optimizer(model, cfg)
     sampler = WindowSampler(len(train_tokens), n_ctx, cfg.batch_size, cfg.seed, epoch_mode=cfg.epochs is not None)
     step, tokens_seen, elapsed_before = 0, 0, 0.0
+    recent_losses: list[float] = []  # the spike detector's window
     if ckpt is not None:
         load_state_strict(model, read_safetensors(ckpt / MODEL_FILE), ckpt / MODEL_FILE)
         state = load_training_state(ckpt)
@@ -524,6 +639,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, tokens_seen = int(state["step"]), int(state["tokens"])
         elapsed_before = float(state.get("elapsed", 0.0))
+        recent_losses = [float(x) for x in state.get("recent_losses", [])]
         trim_metrics(run_dir / METRICS_FILE, step)
         log(f"resuming {run_dir} from step {step}")
     write_json(run_dir / CONFIG_FILE, {"train": cfg.to_dict(), "model": model_cfg.to_dict(),
@@ -545,16 +661,23 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
 
         for r in read_metrics(run_dir) if (run_dir / METRICS_FILE).is_file() else []:
             last_metrics.update(r)
-    extra = lambda: {"step": step, "tokens": tokens_seen, "elapsed": elapsed_before + time.monotonic() - start}  # noqa: E731
+    extra = lambda: {"step": step, "tokens": tokens_seen, "elapsed": elapsed_before + time.monotonic() - start,  # noqa: E731
+                     "recent_losses": list(recent_losses)}
     run_start = time.monotonic()
     window_start, window_tokens = time.monotonic(), 0
+    warn = lambda message: tqdm.write(f"warning: {message}", file=sys.stderr)  # noqa: E731 - above the bar
+    stop = StopOnSignal()
     try:
+        stop.install()
         while True:
             if step >= total_steps:
                 stopped_by = "epochs" if cfg.epochs is not None and total_steps < cfg.max_steps else "max_steps"
                 break
             if cfg.max_minutes is not None and (time.monotonic() - run_start) / 60 >= cfg.max_minutes:
                 stopped_by = "max_minutes"
+                break
+            if stop.signum is not None:
+                stopped_by = signal.Signals(stop.signum).name
                 break
             lr = lr_at(step, cfg, total_steps)
             for group in optimizer.param_groups:
@@ -568,11 +691,15 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
             loss_value = loss_sum / cfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
                                                        else float("inf"))
-            if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+            finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
+            if not finite and cfg.on_nan == "stop":
                 where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written"
                 raise TrainingDiverged(f"loss became {loss_value} at step {step + 1} (gradient norm {float(grad_norm)}), "
-                                       f"training stopped{where}; try a lower --lr")
-            optimizer.step()
+                                       f"training stopped{where}; try a lower --lr, or --on-nan skip")
+            if finite:
+                optimizer.step()
+            else:  # --on-nan skip: drop this step's gradient, leave the weights and the optimizer as they were
+                warn(f"step {step + 1}: loss {loss_value}, gradient norm {float(grad_norm)}; step skipped")
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens_seen += tokens_per_step
@@ -581,9 +708,21 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
             now = time.monotonic()
             tok_s = window_tokens / max(now - window_start, 1e-9)
             row = None
-            if step % cfg.log_every == 0 or step == total_steps:
+            spike = (finite and cfg.spike_factor > 0 and len(recent_losses) >= SPIKE_MIN_HISTORY
+                     and loss_value > cfg.spike_factor * sum(recent_losses) / len(recent_losses))
+            if spike:
+                warn(f"step {step}: loss spike, {loss_value:.4f} is more than {cfg.spike_factor:g} times the mean "
+                     f"of the last {len(recent_losses)} steps ({sum(recent_losses) / len(recent_losses):.4f})")
+            if finite:
+                recent_losses = (recent_losses + [loss_value])[-SPIKE_WINDOW:]
+            if step % cfg.log_every == 0 or step == total_steps or spike or not finite:
                 row = {"step": step, "tokens": tokens_seen, "loss": loss_value, "lr": lr,
                        "tokens_per_sec": round(tok_s, 1)}
+                if spike:
+                    row["spike"] = True
+                if not finite:  # no "loss" (JSON has no NaN); the plots skip the point
+                    del row["loss"]
+                    row["skipped"] = f"loss {loss_value}, gradient norm {float(grad_norm)}"
                 window_start, window_tokens = now, 0
             if step % cfg.eval_every == 0 or step == total_steps:
                 row = row or {"step": step, "tokens": tokens_seen, "loss": loss_value, "lr": lr,
@@ -602,12 +741,16 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
                                             cfg.keep_checkpoints)
             if on_step is not None:
                 on_step(step)
+        if last_ckpt is None or last_ckpt.name != step_dir(run_dir, step).name:
+            last_ckpt = save_checkpoint(run_dir, step, model, tokenizer, optimizer, sampler, extra(),
+                                        cfg.keep_checkpoints)
     finally:
+        stop.restore()
         metrics_file.close()
         bar.close()
-    if last_ckpt is None or last_ckpt.name != step_dir(run_dir, step).name:
-        last_ckpt = save_checkpoint(run_dir, step, model, tokenizer, optimizer, sampler, extra(),
-                                    cfg.keep_checkpoints)
+    if stop.signum is not None:
+        raise Stopped(f"stopped by {stopped_by} at step {step}, checkpoint {last_ckpt} saved; continue with: "
+                      f"gpt2lab train --resume {run_dir}", stop.signum)
     if "val_loss" not in last_metrics or last_metrics.get("step") != step:
         row = {"step": step, "tokens": tokens_seen}
         row.update(evaluate(model, val_tokens, cfg, n_ctx, device, shards.val_bytes_per_token))
