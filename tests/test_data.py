@@ -67,6 +67,21 @@ def test_shards_round_trip_and_are_reused(tmp_path, cache):
     assert changed.folder != shards.folder
 
 
+def test_a_big_text_file_streamed_in_pieces_is_still_one_document(tmp_path, cache, monkeypatch):
+    streamed = data.iter_text_file
+    monkeypatch.setattr(data, "iter_text_file", lambda path: streamed(path, chunk_bytes=64))
+    lines = [f"Line {i}: now is the winter of our discontent." for i in range(40)]
+    (tmp_path / "a.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("   \n\n", encoding="utf-8")  # whitespace only: no document
+    (tmp_path / "c.txt").write_text("Made glorious summer.", encoding="utf-8")
+    assert len(list(data.iter_pieces(data.parse_source(str(tmp_path / "a.txt"))))) > 10
+    tok = gpt2_tokenizer()
+    shards = data.prepare_tokens(data.parse_source(str(tmp_path)), tok, val_fraction=0.1, progress=False)
+    ids = shards.tokens.tolist()
+    assert ids.count(tok.eot_token) == 2 and shards.header["n_documents"] == 2
+    assert tok.decode(ids) == "\n".join(lines) + "\n<|endoftext|>Made glorious summer.<|endoftext|>"
+
+
 def test_uint32_for_big_vocabularies():
     assert data.token_dtype(50257) == np.uint16 and data.token_dtype(100_000) == np.uint32
 

@@ -46,7 +46,7 @@ from .errors import UserError
 
 EOT = "<|endoftext|>"
 SHARD_FORMAT = "gpt2lab-tokens"
-SHARD_VERSION = 1
+SHARD_VERSION = 2  # 2: a text file streamed in pieces is one document
 NORMALISER_VERSION = 1  # bump when play_to_text changes, so cached shards are rebuilt
 
 # One play from each of four genres, held out whole for validation (~12% of the text).
@@ -424,11 +424,33 @@ class TokenShards:
         return self.header["val_bytes"] / max(self.header["n_tokens"] - self.header["split"], 1)
 
 
-def _batches(docs: Iterable[str], max_chars: int = 1 << 20, max_docs: int = 512) -> Iterator[list[str]]:
+def iter_pieces(source: Source, split: str | None = None) -> Iterator[tuple[str, bool]]:
+    """The source's text as ``(piece, ends_document)`` pairs.
+
+    A big text file streams as many pieces (see :func:`iter_text_file`), but
+    it is still *one* document: only its last piece is followed by
+    ``<|endoftext|>``.  Every other kind yields whole documents."""
+    if source.kind in ("text", "dir"):
+        paths = [source.path] if source.kind == "text" else dir_files(source.path)
+        for path in paths:
+            previous = None
+            for piece in iter_text_file(path):
+                if previous is not None:
+                    yield previous, False
+                previous = piece
+            if previous is not None:
+                yield previous, True
+    else:
+        for doc in iter_documents(source, split):
+            yield doc, True
+
+
+def _batches(pieces: Iterable[tuple[str, bool]], max_chars: int = 1 << 20,
+             max_docs: int = 512) -> Iterator[list[tuple[str, bool]]]:
     batch, size = [], 0
-    for doc in docs:
-        batch.append(doc)
-        size += len(doc)
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece[0])
         if size >= max_chars or len(batch) >= max_docs:
             yield batch
             batch, size = [], 0
@@ -436,24 +458,29 @@ def _batches(docs: Iterable[str], max_chars: int = 1 << 20, max_docs: int = 512)
         yield batch
 
 
-def _write_documents(f, tokenizer, docs: Iterable[str], dtype, bar) -> tuple[int, int, int]:
-    """Tokenize ``docs`` in batches (tiktoken encodes a batch on several
-    threads) and append them to ``f``, each followed by ``<|endoftext|>``.
+def _write_documents(f, tokenizer, pieces: Iterable[tuple[str, bool]], dtype, bar) -> tuple[int, int, int]:
+    """Tokenize text in batches (tiktoken encodes a batch on several threads)
+    and append it to ``f``, with ``<|endoftext|>`` after each document.
+    Documents that are only whitespace are skipped.
     Returns (tokens, documents, UTF-8 bytes of the text)."""
     n_tokens = n_docs = n_bytes = 0
     eot = tokenizer.eot_token
-    for batch in _batches(docs):
-        batch = [d for d in batch if d.strip()]
-        if not batch:
-            continue
-        for ids in tokenizer.encode_batch(batch):
-            arr = np.asarray(ids + [eot], dtype=dtype)
+    in_document = False  # has the current document produced any text yet?
+    for batch in _batches(pieces):
+        for (text, ends), ids in zip(batch, tokenizer.encode_batch([text for text, _ in batch])):
+            if not in_document and not text.strip():
+                ids = []  # leading whitespace-only piece (or a whitespace-only document)
+            in_document = in_document or bool(ids)
+            if ends and in_document:
+                ids = ids + [eot]
+                n_docs += 1
+                in_document = False
+            arr = np.asarray(ids, dtype=dtype)
             arr.tofile(f)
             n_tokens += arr.size
-        n_docs += len(batch)
-        chunk_bytes = sum(len(d.encode("utf-8")) for d in batch)
-        n_bytes += chunk_bytes
-        bar.update(chunk_bytes)
+            if ids:
+                n_bytes += len(text.encode("utf-8"))
+        bar.update(sum(len(text.encode("utf-8")) for text, _ in batch))
     return n_tokens, n_docs, n_bytes
 
 
@@ -497,9 +524,9 @@ def prepare_tokens(source: Source, tokenizer, val_fraction: float = 0.1, cache: 
                leave=False, delay=1.0)  # small corpora: no bar at all
     try:
         with open(tmp / "tokens.bin", "wb") as f:
-            n_train, d_train, b_train = _write_documents(f, tokenizer, iter_documents(source, "train"), dtype, bar)
+            n_train, d_train, b_train = _write_documents(f, tokenizer, iter_pieces(source, "train"), dtype, bar)
             if source.kind == "shakespeare":
-                n_val, d_val, b_val = _write_documents(f, tokenizer, iter_documents(source, "val"), dtype, bar)
+                n_val, d_val, b_val = _write_documents(f, tokenizer, iter_pieces(source, "val"), dtype, bar)
             else:
                 n_val, d_val, b_val = 0, 0, 0
             f.flush()
