@@ -4,15 +4,18 @@ and the refusals."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from gpt2lab import distributed as D
 from gpt2lab import train as T
-from gpt2lab.checkpoint import load_model
+from gpt2lab.checkpoint import latest_checkpoint, load_model
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPTConfig
 
@@ -95,6 +98,49 @@ def test_two_processes_match_one_and_resume_across_process_counts(corpus, tmp_pa
     print("\nstep  1 process x 4          2 ranks x 2 (steps 3-4 resumed in 1 process)")
     for ra, rb in zip(a, b):
         print(f"{ra['step']:4d}  {ra['loss']:.8f}  {rb['loss']:.8f}  diff {abs(ra['loss'] - rb['loss']):.1e}")
+
+
+def rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The process of ``rank`` among the launcher's children (from /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != launcher_pid:
+                continue
+            if f"RANK={rank}".encode() in (stat.parent / "environ").read_bytes().split(b"\0"):
+                return int(stat.parent.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
+def test_a_dead_rank_stops_the_job_and_the_run_resumes(corpus, tmp_path):
+    """kill -9 of rank 1: the launcher returns promptly, names rank 1, and the
+    last checkpoint resumes in one process."""
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--data", str(corpus), "--preset", "tiny",
+                             "--n-ctx", "16", "--batch-size", "2", "--nproc", "2", "--max-steps", "100000",
+                             "--checkpoint-every", "3", "--eval-every", "1000", "--eval-batches", "1",
+                             "--sample-tokens", "0", "--progress", "false", "--device", "cpu", "--out", str(run)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (run / "checkpoints" / "step_00000003").is_dir():
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        pid = rank_pid(proc.pid, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)  # no hang
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and "rank 1 was killed by signal 9" in err, err
+    assert "Traceback" not in err
+    step = int(latest_checkpoint(run).name[5:])
+    result = T.train(T.TrainConfig(), resume=run, train_overrides=dict(batch_size=4, max_steps=step + 1),
+                     log=T.quiet)
+    assert result.step == step + 1
 
 
 def test_resume_keeps_the_global_batch(corpus, tmp_path):

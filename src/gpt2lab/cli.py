@@ -230,7 +230,7 @@ def run_train(args, train_over: dict, model_over: dict):
 
 
 def cmd_train(args) -> None:
-    from .distributed import stop
+    from .distributed import lost_rank, stop
     from .model import GPTConfig
     from .train import TrainConfig
 
@@ -240,6 +240,11 @@ def cmd_train(args) -> None:
         return launch_train(args, train_over, model_over)
     try:
         result = run_train(args, train_over, model_over)
+    except RuntimeError as e:
+        lost = lost_rank(e)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         stop()  # leave the process group, if torchrun started us
     if result.rank != 0:

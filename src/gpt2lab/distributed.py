@@ -50,6 +50,31 @@ class RankZeroFailed(UserError):
     quiet = True
 
 
+class LostRank(UserError):
+    """Another rank vanished in the middle of a collective (it crashed or was
+    killed); torchrun names it, so this rank only says what it saw, briefly."""
+
+    def __init__(self, message: str, quiet: bool):
+        super().__init__(message)
+        self.quiet = quiet
+
+
+# What the backends say when the other end of a collective is gone.
+LOST_RANK_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                   "NCCL communicator was aborted", "NCCL Error")
+
+
+def lost_rank(error: BaseException) -> LostRank | None:
+    """A clear, traceback-free error for a rank that lost another, or None
+    if ``error`` is something else (which then keeps its traceback)."""
+    text = str(error)
+    if not (isinstance(error, RuntimeError) and dist.is_initialized() and any(s in text for s in LOST_RANK_SIGNS)):
+        return None
+    rank = dist.get_rank()
+    return LostRank(f"rank {rank} lost contact with another rank, which probably died (torchrun's report names "
+                    f"it): {text.splitlines()[0]}", quiet=rank != 0)
+
+
 @dataclass
 class Ranks:
     """This process's place in the job.  ``Ranks()`` is a lone process."""
@@ -221,6 +246,7 @@ def launch(argv: list[str], nproc: int, run_dir: str) -> None:
     If a rank dies, torchrun's agent stops the others at once; the error is
     the dead rank's, and the run's last checkpoint is untouched (they are
     written atomically by rank 0), so ``--resume`` continues the run."""
+    import signal
     import sys
     import uuid
 
@@ -236,10 +262,14 @@ def launch(argv: list[str], nproc: int, run_dir: str) -> None:
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "gpt2lab", *argv)
     except ChildFailedError as e:
-        codes = {f.local_rank: f.exitcode for f in e.failures.values()}
-        if codes and all(c == 2 for c in codes.values()):
+        # {global rank: failure}.  Exit status 2 is a UserError the rank printed
+        # itself, or a rank that lost another (LostRank); SIGTERM is torchrun
+        # stopping the survivors.  The culprit is among the others.
+        failures = {rank: f for rank, f in e.failures.items() if f.exitcode != 2}
+        if not failures:
             raise RankZeroFailed("a UserError, already printed by rank 0") from None
-        first = min(e.failures.values(), key=lambda f: f.timestamp)
+        culprits = {rank: f for rank, f in failures.items() if f.exitcode != -signal.SIGTERM} or failures
+        rank, first = min(culprits.items(), key=lambda item: (item[1].timestamp, item[0]))
         how = f"was killed by signal {-first.exitcode}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
-        raise UserError(f"rank {first.global_rank} {how}, so torchrun stopped all {nproc} ranks; "
-                        f"the last checkpoint is intact: continue with --nproc {nproc} --resume {run_dir}") from None
+        raise UserError(f"rank {rank} {how}, so torchrun stopped all {nproc} ranks; checkpoints are written "
+                        f"whole: continue from the last one with --nproc {nproc} --resume {run_dir}") from None
