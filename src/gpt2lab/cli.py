@@ -512,6 +512,17 @@ def report_crash(exc: BaseException) -> str:
 ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+def rank_label() -> str:
+    """" (rank 3)" in the errors of a data-parallel job's other ranks, so that
+    the same error from several ranks reads as such, not as a repetition."""
+    if "WORLD_SIZE" not in os.environ:  # not under torchrun (and no need to import torch to know it)
+        return ""
+    from .distributed import env_ranks
+
+    here = env_ranks()
+    return f" (rank {here[0]})" if here is not None and here[0] != 0 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -519,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         if not getattr(e, "quiet", False):  # quiet: already reported (by rank 0 of a data-parallel job)
-            print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
+            print(f"gpt2lab {args.command}{rank_label()}: error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # invalid config values and tokenizer files are reported as ValueError
         print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
