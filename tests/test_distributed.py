@@ -95,7 +95,7 @@ def test_two_processes_match_one_and_resume_across_process_counts(corpus, tmp_pa
     assert proc.returncode == 0, proc.stderr
     a, b = rows(tmp_path / "one"), rows(two)
     assert_same_curve(a, b)
-    print("\nstep  1 process x 4          2 ranks x 2 (steps 3-4 resumed in 1 process)")
+    print("\nstep  1 process x 4   2 ranks x 2 (steps 3-4 resumed in 1 process x 4)")
     for ra, rb in zip(a, b):
         print(f"{ra['step']:4d}  {ra['loss']:.8f}  {rb['loss']:.8f}  diff {abs(ra['loss'] - rb['loss']):.1e}")
 
@@ -179,7 +179,8 @@ def test_cuda_rank_takes_its_gpu_with_nccl(corpus, tmp_path):
     assert cpu.returncode == 0, cpu.stderr
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
     gpu = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                          "-m", "gpt2lab", "train", *map(str, common), "--device", "auto", "--out", str(tmp_path / "gpu")],
+                          "-m", "gpt2lab", "train", *map(str, common), "--device", "auto",
+                          "--out", str(tmp_path / "gpu")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert gpu.returncode == 0, gpu.stderr
     assert_same_curve(rows(tmp_path / "cpu"), rows(tmp_path / "gpu"), tol=1e-3)

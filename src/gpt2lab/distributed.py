@@ -44,8 +44,9 @@ BACKENDS = ("auto", "gloo", "nccl")
 TIMEOUT = datetime.timedelta(minutes=10)
 
 
-class RankZeroFailed(UserError):
-    """Rank 0 failed and printed why; the other ranks stop without repeating it."""
+class AlreadyReported(UserError):
+    """An error that a rank (usually rank 0) has printed already: stop
+    without repeating it."""
 
     quiet = True
 
@@ -138,7 +139,7 @@ class Ranks:
             return result
         failure = self.from_main(None)
         if failure is not None:
-            raise RankZeroFailed(f"rank 0 failed: {failure}")
+            raise AlreadyReported(f"rank 0 failed: {failure}")
         return fn()
 
     # -- the model ------------------------------------------------------------
@@ -265,10 +266,10 @@ def launch(argv: list[str], nproc: int, run_dir: str) -> None:
         # {global rank: failure}.  Exit status 2 is a UserError the rank printed
         # itself, or a rank that lost another (LostRank); SIGTERM is torchrun
         # stopping the survivors.  The culprit is among the others.
-        failures = {rank: f for rank, f in e.failures.items() if f.exitcode != 2}
-        if not failures:
-            raise RankZeroFailed("a UserError, already printed by rank 0") from None
-        culprits = {rank: f for rank, f in failures.items() if f.exitcode != -signal.SIGTERM} or failures
+        culprits = {rank: f for rank, f in e.failures.items() if f.exitcode not in (2, -signal.SIGTERM)}
+        if not culprits and any(f.exitcode == 2 for f in e.failures.values()):
+            raise AlreadyReported("a UserError, already printed by the rank that met it") from None
+        culprits = culprits or e.failures
         rank, first = min(culprits.items(), key=lambda item: (item[1].timestamp, item[0]))
         how = f"was killed by signal {-first.exitcode}" if first.exitcode < 0 else f"exited with code {first.exitcode}"
         raise UserError(f"rank {rank} {how}, so torchrun stopped all {nproc} ranks; checkpoints are written "

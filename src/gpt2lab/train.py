@@ -654,9 +654,9 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
         log = quiet  # only rank 0 speaks
     run_dir = Path(ranks.from_main(str(run_dir)))  # one run directory, rank 0's (its default has a timestamp)
     cfg.out = str(run_dir)
-    if resume is not None:
-        check_global_batch(saved_cfg, read_json(run_dir / CONFIG_FILE).get("world_size", 1), cfg,
-                           ranks.world_size, run_dir)
+    if resume is not None:  # (rank 0 first, so that the error is printed once, not by every rank)
+        ranks.main_first(lambda: check_global_batch(saved_cfg, read_json(run_dir / CONFIG_FILE).get("world_size", 1),
+                                                    cfg, ranks.world_size, run_dir))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     source = parse_source(cfg.data, cfg.text_field, cfg.hf_split)
