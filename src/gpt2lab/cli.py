@@ -536,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
-        print(f"gpt2lab {args.command}: {e}", file=sys.stderr)
+        if not rank_label():  # every rank of a data-parallel job stops alike: rank 0 says so for all
+            print(f"gpt2lab {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print(f"gpt2lab {args.command}: interrupted", file=sys.stderr)

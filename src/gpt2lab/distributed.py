@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -251,6 +251,7 @@ def launch(argv: list[str], nproc: int, run_dir: str) -> None:
     import sys
     import uuid
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -262,6 +263,9 @@ def launch(argv: list[str], nproc: int, run_dir: str) -> None:
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "gpt2lab", *argv)
+    except SignalException as e:  # Ctrl-C or SIGTERM to the launcher: torchrun has stopped the ranks
+        raise Stopped(f"stopped by {e.sigval.name}; checkpoints are written whole: continue from the last one "
+                      f"with --nproc {nproc} --resume {run_dir}", int(e.sigval)) from None
     except ChildFailedError as e:
         # {global rank: failure}.  Exit status 2 is a UserError the rank printed
         # itself, or a rank that lost another (LostRank); SIGTERM is torchrun

@@ -501,7 +501,7 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown --device {name!r}; use auto, cpu, cuda or mps") from None
+        raise UserError(f"unknown --device {name!r}; use cpu, cuda, mps or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is available; use --device cpu")
     if device.type == "cuda" and local_rank is not None:
