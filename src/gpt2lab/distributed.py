@@ -113,7 +113,7 @@ class Ranks:
 
     def from_main(self, obj):
         """Rank 0's ``obj`` on every rank (a decision all must share, such as
-        the run directory or whether the time is up)."""
+        the run directory, or whether a final evaluation is due)."""
         if not self.distributed:
             return obj
         box = [obj]
