@@ -120,27 +120,29 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def main_first(self, fn):
+    def main_first(self, fn, share: bool = False):
         """Run ``fn()`` on rank 0, then on the others.
 
         For preparation the others can reuse: rank 0 creates the run directory
         and tokenizes the data into the shared cache, the others then find it
-        there instead of all writing it at once.  If rank 0 fails, the others
-        stop with it rather than wait for a message that never comes."""
+        there instead of all writing it at once.  With ``share`` the others do
+        not run ``fn`` at all but receive rank 0's result (it must pickle): for
+        work done once, such as training a tokenizer.  If rank 0 fails, the
+        others stop with it rather than wait for a message that never comes."""
         if not self.distributed:
             return fn()
         if self.is_main:
             try:
                 result = fn()
             except BaseException as e:
-                self.from_main(f"{type(e).__name__}: {e}")
+                self.from_main((f"{type(e).__name__}: {e}", None))
                 raise
-            self.from_main(None)
+            self.from_main((None, result if share else None))
             return result
-        failure = self.from_main(None)
+        failure, shared = self.from_main(None)
         if failure is not None:
             raise AlreadyReported(f"rank 0 failed: {failure}")
-        return fn()
+        return shared if share else fn()
 
     # -- the model ------------------------------------------------------------
 

@@ -662,8 +662,9 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     source = parse_source(cfg.data, cfg.text_field, cfg.hf_split)
     if ckpt is not None:  # resume with the very tokenizer the run was trained with
         tokenizer = load_tokenizer(read_json(ckpt / MODEL_META).get("tokenizer", {"kind": "gpt2"}))
-    else:  # char: the characters of the training documents
-        tokenizer = build_tokenizer(cfg.tokenizer, lambda: iter_documents(source, "train"))
+    else:  # char, bpe:N: built from the training documents, by rank 0 alone (the others load its result)
+        tokenizer = load_tokenizer(ranks.main_first(
+            lambda: build_tokenizer(cfg.tokenizer, lambda: iter_documents(source, "train")).to_dict(), share=True))
     if resume is None and "d_vocab" not in (model_overrides or {}):
         model_cfg = dataclasses.replace(model_cfg, d_vocab=tokenizer.n_vocab)  # fit the output layer to the tokenizer
     if tokenizer.n_vocab > model_cfg.d_vocab:
