@@ -13,6 +13,27 @@ def _seed():
     torch.manual_seed(0)
 
 
+WORDS = ("the king is dead long live the queen my lord what news from rome "
+         "speak soft the night is young and full of stars").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small text corpus (about 60k tokens), fast to tokenize."""
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (8,), generator=g).tolist())
+             for _ in range(6000)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def token_cache(tmp_path_factory, monkeypatch):
+    """One token cache for the session's training tests (tokenizing once)."""
+    monkeypatch.setenv("GPT2LAB_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
+
+
 def run_cli(*args, cwd=None, timeout=300, env=None):
     """Run ``python -m gpt2lab ARGS`` in a subprocess, as a user would."""
     full_env = dict(os.environ, **(env or {}))

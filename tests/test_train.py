@@ -19,24 +19,8 @@ from gpt2lab.model import GPT, GPTConfig
 
 from conftest import ROOT, assert_user_error, run_cli
 
-WORDS = ("the king is dead long live the queen my lord what news from rome "
-         "speak soft the night is young and full of stars").split()
 
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small text corpus (about 60k tokens), fast to tokenize."""
-    g = torch.Generator().manual_seed(0)
-    lines = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (8,), generator=g).tolist())
-             for _ in range(6000)]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GPT2LAB_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
+pytestmark = pytest.mark.usefixtures("token_cache")
 
 
 def tiny_model(**kw):
@@ -86,29 +70,25 @@ def test_weight_decay_on_matrices_only():
 
 def test_epoch_sampler_covers_every_window_once_and_resumes():
     s = T.WindowSampler(n_tokens=16 * 10 + 1, n_ctx=16, batch_size=3, seed=1, epoch_mode=True)
-    seen = torch.cat([s.next_starts() for _ in range(10)]).tolist()  # 30 windows = 3 epochs
+    seen = torch.cat([s.next_step()[0] for _ in range(10)]).tolist()  # 30 windows = 3 epochs
     for e in range(3):
         assert sorted(seen[10 * e:10 * e + 10]) == [16 * i for i in range(10)]
     assert seen[:10] != seen[10:20]  # each epoch reshuffles
     state = s.state_dict()
-    a = [s.next_starts().tolist() for _ in range(5)]
+    a = [s.next_step()[0].tolist() for _ in range(5)]
     s2 = T.WindowSampler(16 * 10 + 1, 16, 3, seed=1, epoch_mode=True)
     s2.load_state_dict(state)
-    assert [s2.next_starts().tolist() for _ in range(5)] == a
-    # Two ranks get disjoint halves of each global batch.
-    r0 = T.WindowSampler(161, 16, 2, seed=1, epoch_mode=True, rank=0, world_size=2)
-    r1 = T.WindowSampler(161, 16, 2, seed=1, epoch_mode=True, rank=1, world_size=2)
-    assert not set(r0.next_starts().tolist()) & set(r1.next_starts().tolist())
+    assert [s2.next_step()[0].tolist() for _ in range(5)] == a
 
 
 def test_random_sampler_state_round_trips():
     s = T.WindowSampler(1000, 16, 4, seed=5)
-    s.next_starts()
+    s.next_step()
     state = s.state_dict()
-    a = s.next_starts()
+    a = s.next_step()[0]
     s2 = T.WindowSampler(1000, 16, 4, seed=5)
     s2.load_state_dict(state)
-    assert torch.equal(s2.next_starts(), a)
+    assert torch.equal(s2.next_step()[0], a)
 
 
 def test_same_seed_same_losses(corpus, tmp_path):

@@ -188,36 +188,81 @@ def cmd_info(args) -> None:
         print(f"  parameters       {info['parameters']:,} (tied embeddings, positions included)")
 
 
-def cmd_train(args) -> None:
+def config_flags(overrides: dict) -> list[str]:
+    """``{"batch_size": 4}`` -> ``["--batch-size", "4"]``: overrides back into flags."""
+    flags = []
+    for name, value in overrides.items():
+        flags += ["--" + name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else repr(value)
+                  if isinstance(value, float) else str(value)]
+    return flags
+
+
+def launch_train(args, train_over: dict, model_over: dict) -> None:
+    """``train --nproc N``: the same command as N data-parallel ranks (torchrun on this machine)."""
+    from . import distributed
+    from .train import TrainConfig, default_run_dir
+
+    if distributed.env_ranks() is not None:
+        raise UserError("--nproc cannot be used under torchrun: torchrun already chose the number of processes")
+    TrainConfig(**train_over)  # bad values fail here, once, before any process starts
+    if args.resume is None and "out" not in train_over:
+        train_over = {**train_over, "out": str(default_run_dir())}  # so that we can name it if a rank fails
+    argv = ["train", *(["--preset", args.preset] if args.preset else []),
+            *(["--resume", args.resume] if args.resume else []), *(["--json"] if args.json else []),
+            *config_flags(train_over), *config_flags(model_over)]
+    distributed.launch(argv, args.nproc, args.resume or train_over["out"])
+
+
+def run_train(args, train_over: dict, model_over: dict):
     from .model import GPTConfig
     from .train import DEFAULT_MODEL_OVERRIDES, DEFAULT_PRESET, TrainConfig, train
 
-    train_over = config_overrides(args, TrainConfig)
-    model_over = config_overrides(args, GPTConfig)
     if args.resume is not None:
         if args.preset is not None:
             raise UserError("--preset cannot be combined with --resume: a resumed run keeps its model")
-        result = train(TrainConfig(), resume=args.resume, train_overrides=train_over, model_overrides=model_over)
+        return train(TrainConfig(), resume=args.resume, train_overrides=train_over, model_overrides=model_over)
+    cfg = TrainConfig(**train_over)
+    if args.preset is None:  # the default recipe's model
+        model_cfg = GPTConfig.from_preset(DEFAULT_PRESET, **{**DEFAULT_MODEL_OVERRIDES, **model_over})
     else:
-        cfg = TrainConfig(**train_over)
-        if args.preset is None:  # the default recipe's model
-            model_cfg = GPTConfig.from_preset(DEFAULT_PRESET, **{**DEFAULT_MODEL_OVERRIDES, **model_over})
-        else:
-            model_cfg = GPTConfig.from_preset(args.preset, **model_over)
-        result = train(cfg, model_cfg, model_overrides=model_over)
+        model_cfg = GPTConfig.from_preset(args.preset, **model_over)
+    return train(cfg, model_cfg, model_overrides=model_over)
+
+
+def cmd_train(args) -> None:
+    from .distributed import lost_rank, stop
+    from .model import GPTConfig
+    from .train import TrainConfig
+
+    train_over = config_overrides(args, TrainConfig)
+    model_over = config_overrides(args, GPTConfig)
+    if args.nproc != 1:
+        return launch_train(args, train_over, model_over)
+    try:
+        result = run_train(args, train_over, model_over)
+    except RuntimeError as e:
+        lost = lost_rank(e)
+        if lost is None:
+            raise
+        raise lost from None
+    finally:
+        stop()  # leave the process group, if torchrun started us
+    if result.rank != 0:
+        return None  # rank 0 reports for the whole job
     m = result.metrics
     summary = {"run_dir": str(result.run_dir), "step": result.step, "tokens": result.tokens,
                "stopped_by": result.stopped_by, "val_loss": m.get("val_loss"), "val_bpb": m.get("val_bpb"),
                "checkpoint": str(result.checkpoint) if result.checkpoint else None, "sample": result.sample}
     if args.json:
         print_json(summary)
-        return
+        return None
     val = f"val loss {m['val_loss']:.4f}, {m['val_bpb']:.4f} bits/byte" if "val_loss" in m else "no evaluation"
     print(f"stopped at step {result.step} ({result.stopped_by}), {result.tokens:,} tokens: {val}")
     print(f"run directory {result.run_dir}: metrics.jsonl, loss.png, checkpoint {result.checkpoint}")
     if result.sample:
         print("\n--- sample ---")
         print(result.sample.replace("<|endoftext|>", "\n"))
+    return None
 
 
 def cmd_plot(args) -> None:
@@ -418,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="model preset to start from (default: the recipe's mini model, n_ctx 128)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine, started with torchrun (default 1; "
+                        "for several machines run torchrun yourself, see the README)")
     add_config_flags(p, TrainConfig)
     add_config_flags(p, GPTConfig)
     p.set_defaults(func=cmd_train)
@@ -464,19 +512,32 @@ def report_crash(exc: BaseException) -> str:
 ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+def rank_label() -> str:
+    """" (rank 3)" in the errors of a data-parallel job's other ranks, so that
+    the same error from several ranks reads as such, not as a repetition."""
+    if "WORLD_SIZE" not in os.environ:  # not under torchrun (and no need to import torch to know it)
+        return ""
+    from .distributed import env_ranks
+
+    here = env_ranks()
+    return f" (rank {here[0]})" if here is not None and here[0] != 0 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except UserError as e:
-        print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # quiet: already reported (by rank 0 of a data-parallel job)
+            print(f"gpt2lab {args.command}{rank_label()}: error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # invalid config values and tokenizer files are reported as ValueError
         print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
-        print(f"gpt2lab {args.command}: {e}", file=sys.stderr)
+        if not rank_label():  # every rank of a data-parallel job stops alike: rank 0 says so for all
+            print(f"gpt2lab {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print(f"gpt2lab {args.command}: interrupted", file=sys.stderr)

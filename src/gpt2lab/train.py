@@ -63,6 +63,7 @@ import torch
 
 from .checkpoint import CHECKPOINTS, MODEL_META, fsync_dir, latest_checkpoint, load_state_strict, \
     read_json, read_safetensors, MODEL_FILE, save_model, torch_load_safely, write_bytes_atomic, write_json
+from .distributed import Ranks, env_ranks, start as start_ranks
 from .errors import Stopped, UserError
 from .model import GPT, GPTConfig
 
@@ -92,11 +93,13 @@ class TrainConfig:
     # run
     out: str | None = None  # run directory; default runs/<timestamp>
     seed: int = 1337
-    device: str = "cpu"  # cpu, cuda, cuda:1, mps
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps
+    backend: str = "auto"  # with several processes: auto (nccl on cuda, gloo on cpu), gloo, nccl
     threads: int = 0  # torch CPU threads; 0: torch's default (all cores)
     # batch and optimisation
     batch_size: int = 8  # sequences per micro-step per process
     grad_accum: int = 1  # micro-steps whose gradients add up to one step
+    # one step trains on batch_size x processes x grad_accum sequences (the global batch)
     lr: float = 3e-3  # peak learning rate
     min_lr: float = 3e-4  # floor of the cosine decay
     warmup_steps: int = 30
@@ -156,6 +159,10 @@ class TrainConfig:
             raise UserError(f"--on-nan must be stop or skip, got {self.on_nan!r}")
         if not (math.isfinite(self.spike_factor) and (self.spike_factor == 0 or self.spike_factor > 1)):
             raise UserError(f"--spike-factor must be above 1 (or 0 to turn spike reports off), got {self.spike_factor!r}")
+        from .distributed import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction!r}")
 
@@ -171,7 +178,9 @@ DEFAULT_MODEL_OVERRIDES = dict(n_ctx=128)
 # Fields that may change when resuming (they do not change what was learned so far).
 RESUMABLE_CHANGES = {"max_steps", "epochs", "max_minutes", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "sample_tokens", "sample_temperature", "sample_top_k", "progress",
-                     "device", "threads", "out", "on_nan", "spike_factor"}
+                     "device", "backend", "threads", "out", "on_nan", "spike_factor"}
+# May change when resuming as long as the global batch stays the same (e.g. on more processes).
+BATCH_LAYOUT = {"batch_size", "grad_accum"}
 
 # How many recent losses the spike detector averages, and how many it needs first.
 SPIKE_WINDOW, SPIKE_MIN_HISTORY = 20, 5
@@ -219,7 +228,7 @@ def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 class WindowSampler:
-    """Chooses where the windows of each batch start.
+    """Chooses where the windows of each step start.
 
     * Random mode (default): each window starts at a uniformly random token,
       drawn from a seeded ``torch.Generator``.
@@ -227,14 +236,21 @@ class WindowSampler:
       windows and every epoch visits each exactly once, in an order given by
       a permutation seeded with ``(seed, epoch)``.
 
-    Its whole state (epoch, position, generator state) is saved in
-    checkpoints and restored exactly.  ``rank``/``world_size`` give each
-    process its own part of every global batch (for data-parallel training)."""
+    A step trains on a global batch of ``batch_size x world_size x
+    grad_accum`` windows.  They are drawn together, as if by one process;
+    then each rank takes its own slice of each micro-step.  So which windows
+    a step sees depends on the global batch only, never on how it is split
+    over processes and micro-steps: the training curve is the same on one
+    process or eight, no two ranks ever share a window within an epoch, and
+    the sampler's state (epoch, position, generator) means the same thing on
+    any number of processes, so a checkpoint resumes on a different number.
+    That state is saved in checkpoints and restored exactly."""
 
     def __init__(self, n_tokens: int, n_ctx: int, batch_size: int, seed: int, epoch_mode: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, grad_accum: int = 1):
         self.n_tokens, self.n_ctx, self.batch_size = n_tokens, n_ctx, batch_size
         self.seed, self.epoch_mode, self.rank, self.world_size = seed, epoch_mode, rank, world_size
+        self.grad_accum = grad_accum
         self.n_windows = (n_tokens - 1) // n_ctx  # non-overlapping windows of n_ctx + 1 tokens
         self.epoch, self.position = 0, 0
         self.generator = torch.Generator().manual_seed(seed)
@@ -246,23 +262,27 @@ class WindowSampler:
             self._perm = torch.randperm(self.n_windows, generator=g)
         return self._perm
 
-    def next_starts(self) -> torch.Tensor:
-        """Start offsets of this process's ``batch_size`` windows: ``(batch_size,)``."""
-        global_batch = self.batch_size * self.world_size
+    def draw(self, count: int) -> torch.Tensor:
+        """Start offsets of the next ``count`` windows, for all ranks together: ``(count,)``."""
         if not self.epoch_mode:
-            starts = torch.randint(0, self.n_tokens - self.n_ctx, (global_batch,), generator=self.generator)
-        else:
-            picked, count = [], 0
-            while count < global_batch:
-                perm = self.permutation()
-                take = min(global_batch - count, self.n_windows - self.position)
-                picked.append(perm[self.position:self.position + take])
-                self.position += take
-                count += take
-                if self.position == self.n_windows:  # epoch done: the next one reshuffles
-                    self.epoch, self.position, self._perm = self.epoch + 1, 0, None
-            starts = torch.cat(picked) * self.n_ctx
-        return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            return torch.randint(0, self.n_tokens - self.n_ctx, (count,), generator=self.generator)
+        picked, have = [], 0
+        while have < count:
+            perm = self.permutation()
+            take = min(count - have, self.n_windows - self.position)
+            picked.append(perm[self.position:self.position + take])
+            self.position += take
+            have += take
+            if self.position == self.n_windows:  # epoch done: the next one reshuffles
+                self.epoch, self.position, self._perm = self.epoch + 1, 0, None
+        return torch.cat(picked) * self.n_ctx
+
+    def next_step(self) -> list[torch.Tensor]:
+        """This process's window starts for each micro-step of the next step:
+        ``grad_accum`` tensors of shape ``(batch_size,)``."""
+        starts = self.draw(self.batch_size * self.world_size * self.grad_accum)
+        # (grad_accum, world_size, batch_size): micro-step m of rank r is starts[m, r]
+        return list(starts.view(self.grad_accum, self.world_size, self.batch_size)[:, self.rank])
 
     @property
     def epochs_done(self) -> float:
@@ -293,17 +313,24 @@ def eval_starts(n_tokens: int, n_ctx: int, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, val: np.ndarray, cfg: TrainConfig, n_ctx: int, device, bytes_per_token: float) -> dict:
-    """Mean validation loss over the fixed windows, and bits per byte."""
+def evaluate(model: GPT, val: np.ndarray, cfg: TrainConfig, n_ctx: int, device, bytes_per_token: float,
+             ranks: Ranks | None = None) -> dict:
+    """Mean validation loss over the fixed windows, and bits per byte.
+
+    ``eval_batches`` global batches of windows, like the training steps; with
+    several processes each rank scores every ``world_size``-th batch and the
+    sums are added up, so the result does not depend on the number of ranks."""
+    ranks = ranks or Ranks()
     was_training = model.training
     model.eval()
-    starts = eval_starts(len(val), n_ctx, cfg.eval_batches * cfg.batch_size)
-    losses = []
-    for s in starts.split(cfg.batch_size):
+    starts = eval_starts(len(val), n_ctx, cfg.eval_batches * cfg.batch_size * ranks.world_size)
+    batches = starts.split(cfg.batch_size)
+    total = 0.0
+    for s in batches[ranks.rank::ranks.world_size]:
         x, y = get_batch(val, s, n_ctx, device)
-        losses.append(float(model.loss(x, y, chunk_size=cfg.loss_chunk)))
+        total += float(model.loss(x, y, chunk_size=cfg.loss_chunk))
     model.train(was_training)
-    loss = sum(losses) / len(losses)
+    loss = ranks.sum([total], device)[0] / len(batches)
     # bits per byte = total bits / total bytes = (nats per token / ln 2) / (bytes per token)
     return {"val_loss": loss, "val_bpb": loss / math.log(2) / bytes_per_token}
 
@@ -462,15 +489,29 @@ class RunResult:
     checkpoint: Path | None
     stopped_by: str
     sample: str | None = None
+    rank: int = 0  # which process returned this (only rank 0's is worth printing)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device this process trains on.  ``auto``: CUDA if there is a GPU,
+    else the CPU.  With several processes on a machine (``local_rank`` set),
+    ``cuda`` means this process's own GPU, ``cuda:LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown --device {name!r}; use cpu, cuda or mps") from None
+        raise UserError(f"unknown --device {name!r}; use cpu, cuda, mps or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda" and local_rank is not None:
+        if device.index is not None:
+            raise UserError(f"--device {name} with torchrun: give --device cuda (or auto), "
+                            "each process then takes the GPU of its LOCAL_RANK")
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process LOCAL_RANK {local_rank} has no GPU: this machine has "
+                            f"{torch.cuda.device_count()}; start at most that many processes per machine")
+        device = torch.device("cuda", local_rank)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: MPS is not available; use --device cpu")
     return device
@@ -540,6 +581,22 @@ class StopOnSignal:
         self._previous = {}
 
 
+def check_global_batch(saved: TrainConfig, saved_world: int, cfg: TrainConfig, world: int, run_dir: Path) -> None:
+    """A run may resume on another number of processes, or split its batch
+    differently, but keeps its global batch: that is what fixes the windows
+    each step trains on (see ``WindowSampler``) and so the rest of the curve."""
+    before, now = saved.batch_size * saved_world * saved.grad_accum, cfg.batch_size * world * cfg.grad_accum
+    if before != now:
+        raise UserError(f"--resume {run_dir}: the global batch was {before} sequences ({saved.batch_size} per process "
+                        f"x {saved_world} processes x {saved.grad_accum} accumulation steps), now it would be {now} "
+                        f"({cfg.batch_size} x {world} x {cfg.grad_accum}); choose --batch-size and --grad-accum "
+                        f"so that their product with the number of processes is {before}")
+
+
+def quiet(*args, **kwargs) -> None:
+    """The log of every rank but 0."""
+
+
 def load_run_config(run_dir: Path) -> tuple[TrainConfig, GPTConfig]:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
@@ -559,7 +616,11 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     With ``resume``, the run's saved config is used, with ``train_overrides``
     and ``model_overrides`` (what the user set explicitly) applied on top;
     changing anything but the stopping rule and the logging is refused.
-    ``on_step(step)`` is called after every step (tests use it to simulate a crash)."""
+    ``on_step(step)`` is called after every step (tests use it to simulate a crash).
+
+    Started by torchrun (``WORLD_SIZE`` set), it joins the process group and
+    trains as one rank of a data-parallel job (see ``distributed.py``); the
+    caller ends the group with ``distributed.stop()`` (the CLI does)."""
     from .data import iter_documents, parse_source, prepare_tokens
     from .tokenizer import build_tokenizer, load_tokenizer
 
@@ -572,7 +633,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None or not (ckpt / STATE_FILE).is_file():
             raise UserError(f"--resume {run_dir}: no checkpoint to resume from; start a new run instead")
-        check_compatible(saved_cfg.to_dict(), train_overrides or {}, "training", run_dir)
+        check_compatible(saved_cfg.to_dict(), {k: v for k, v in (train_overrides or {}).items()
+                                               if k not in BATCH_LAYOUT}, "training", run_dir)
         check_compatible(saved_model.to_dict(), model_overrides or {}, "model", run_dir)
         check_checkpoint_matches(ckpt, saved_model, run_dir)
         remove_stale_temporaries(run_dir)
@@ -585,14 +647,24 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
         run_dir = Path(cfg.out) if cfg.out else default_run_dir()
         cfg = dataclasses.replace(cfg, out=str(run_dir))
 
-    device = resolve_device(cfg.device)
+    here = env_ranks()  # (rank, local rank, world size) under torchrun, else None
+    device = resolve_device(cfg.device, here[1] if here else None)
+    ranks = start_ranks(device, cfg.backend)
+    if not ranks.is_main:
+        log = quiet  # only rank 0 speaks
+    run_dir = Path(ranks.from_main(str(run_dir)))  # one run directory, rank 0's (its default has a timestamp)
+    cfg.out = str(run_dir)
+    if resume is not None:  # (rank 0 first, so that the error is printed once, not by every rank)
+        ranks.main_first(lambda: check_global_batch(saved_cfg, read_json(run_dir / CONFIG_FILE).get("world_size", 1),
+                                                    cfg, ranks.world_size, run_dir))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     source = parse_source(cfg.data, cfg.text_field, cfg.hf_split)
     if ckpt is not None:  # resume with the very tokenizer the run was trained with
         tokenizer = load_tokenizer(read_json(ckpt / MODEL_META).get("tokenizer", {"kind": "gpt2"}))
-    else:  # char: the characters of the training documents
-        tokenizer = build_tokenizer(cfg.tokenizer, lambda: iter_documents(source, "train"))
+    else:  # char, bpe:N: built from the training documents, by rank 0 alone (the others load its result)
+        tokenizer = load_tokenizer(ranks.main_first(
+            lambda: build_tokenizer(cfg.tokenizer, lambda: iter_documents(source, "train")).to_dict(), share=True))
     if resume is None and "d_vocab" not in (model_overrides or {}):
         model_cfg = dataclasses.replace(model_cfg, d_vocab=tokenizer.n_vocab)  # fit the output layer to the tokenizer
     if tokenizer.n_vocab > model_cfg.d_vocab:
@@ -600,25 +672,30 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
                         "leave --d-vocab unset to match the tokenizer")
 
     created = resume is None and not run_dir.exists()
-    if resume is None:
-        prepare_run_dir(run_dir)
     n_ctx = model_cfg.n_ctx
-    try:
-        shards = prepare_tokens(source, tokenizer, cfg.val_fraction, progress=cfg.progress)
-        train_tokens, val_tokens = shards.train, shards.val
-        for name, toks in (("training", train_tokens), ("validation", val_tokens)):
-            if len(toks) < n_ctx + 1:
-                raise UserError(f"the {name} split of {cfg.data} has {len(toks)} tokens, fewer than one context "
-                                f"window ({n_ctx + 1}); give more text or a smaller --n-ctx")
-    except BaseException:
-        if created and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # leave nothing behind for a run that never started
-        raise
 
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * n_ctx
+    def prepare():  # rank 0 first: it creates the run directory and fills the token cache the others read
+        if resume is None and ranks.is_main:
+            prepare_run_dir(run_dir)
+        try:
+            shards = prepare_tokens(source, tokenizer, cfg.val_fraction, progress=cfg.progress and ranks.is_main)
+            for name, toks in (("training", shards.train), ("validation", shards.val)):
+                if len(toks) < n_ctx + 1:
+                    raise UserError(f"the {name} split of {cfg.data} has {len(toks)} tokens, fewer than one "
+                                    f"context window ({n_ctx + 1}); give more text or a smaller --n-ctx")
+            return shards
+        except BaseException:
+            if ranks.is_main and created and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # leave nothing behind for a run that never started
+            raise
+
+    shards = ranks.main_first(prepare)
+    train_tokens, val_tokens = shards.train, shards.val
+
+    windows_per_step = cfg.batch_size * ranks.world_size * cfg.grad_accum  # the global batch
+    tokens_per_step = windows_per_step * n_ctx
     total_steps = cfg.max_steps
     if cfg.epochs is not None:
-        windows_per_step = cfg.batch_size * cfg.grad_accum
         n_windows = (len(train_tokens) - 1) // n_ctx
         total_steps = min(total_steps, math.ceil(cfg.epochs * n_windows / windows_per_step))
 
@@ -626,7 +703,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     model = GPT(model_cfg).to(device)
     model.train()
     optimizer = make_optimizer(model, cfg)
-    sampler = WindowSampler(len(train_tokens), n_ctx, cfg.batch_size, cfg.seed, epoch_mode=cfg.epochs is not None)
+    sampler = WindowSampler(len(train_tokens), n_ctx, cfg.batch_size, cfg.seed, epoch_mode=cfg.epochs is not None,
+                            rank=ranks.rank, world_size=ranks.world_size, grad_accum=cfg.grad_accum)
     step, tokens_seen, elapsed_before = 0, 0, 0.0
     recent_losses: list[float] = []  # the spike detector's window
     if ckpt is not None:
@@ -640,23 +718,28 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
         step, tokens_seen = int(state["step"]), int(state["tokens"])
         elapsed_before = float(state.get("elapsed", 0.0))
         recent_losses = [float(x) for x in state.get("recent_losses", [])]
-        trim_metrics(run_dir / METRICS_FILE, step)
+        if ranks.is_main:
+            trim_metrics(run_dir / METRICS_FILE, step)
         log(f"resuming {run_dir} from step {step}")
-    write_json(run_dir / CONFIG_FILE, {"train": cfg.to_dict(), "model": model_cfg.to_dict(),
-                                       "tokenizer": tokenizer.to_dict(), "data": shards.header["source"],
-                                       "tokens": {"train": len(train_tokens), "val": len(val_tokens),
-                                                  "cache": str(shards.folder)}})
+    if ranks.is_main:
+        write_json(run_dir / CONFIG_FILE, {"train": cfg.to_dict(), "model": model_cfg.to_dict(),
+                                           "tokenizer": tokenizer.to_dict(), "data": shards.header["source"],
+                                           "tokens": {"train": len(train_tokens), "val": len(val_tokens),
+                                                      "cache": str(shards.folder)},
+                                           "world_size": ranks.world_size})
     if resume is None:
+        on = f" on {ranks.world_size} processes ({device.type})" if ranks.distributed else ""
         log(f"run {run_dir}: {model.num_params():,} parameters, {len(train_tokens):,} training tokens, "
-            f"{tokens_per_step:,} tokens per step, {total_steps} steps")
+            f"{tokens_per_step:,} tokens per step{on}, {total_steps} steps")
+    step_model = ranks.data_parallel(model, cfg.loss_chunk, device)  # step_model(x, y): the loss, synced
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, desc="training", disable=not cfg.progress, dynamic_ncols=True,
-               file=sys.stderr)
-    metrics_file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
+    bar = tqdm(total=total_steps, initial=step, desc="training", disable=not (cfg.progress and ranks.is_main),
+               dynamic_ncols=True, file=sys.stderr)
+    metrics_file = open(run_dir / METRICS_FILE, "a", encoding="utf-8") if ranks.is_main else None
     last_ckpt, last_metrics, stopped_by = ckpt, {}, "max_steps"
-    if ckpt is not None:
+    if ckpt is not None and ranks.is_main:
         from .plots import read_metrics
 
         for r in read_metrics(run_dir) if (run_dir / METRICS_FILE).is_file() else []:
@@ -666,6 +749,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     run_start = time.monotonic()
     window_start, window_tokens = time.monotonic(), 0
     warn = lambda message: tqdm.write(f"warning: {message}", file=sys.stderr)  # noqa: E731 - above the bar
+    if not ranks.is_main:
+        warn = quiet
     stop = StopOnSignal()
     try:
         stop.install()
@@ -673,22 +758,28 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
             if step >= total_steps:
                 stopped_by = "epochs" if cfg.epochs is not None and total_steps < cfg.max_steps else "max_steps"
                 break
-            if cfg.max_minutes is not None and (time.monotonic() - run_start) / 60 >= cfg.max_minutes:
+            # All ranks stop at the same step, or the others would wait for them forever:
+            # clocks differ, and a signal may reach only some ranks.
+            out_of_time, signalled = ranks.any([cfg.max_minutes is not None and (time.monotonic() - run_start) / 60
+                                                >= cfg.max_minutes, stop.signum is not None], device)
+            if out_of_time:
                 stopped_by = "max_minutes"
                 break
-            if stop.signum is not None:
+            if signalled:
+                stop.signum = stop.signum or signal.SIGTERM  # a rank that was not signalled stops as if it were
                 stopped_by = signal.Signals(stop.signum).name
                 break
             lr = lr_at(step, cfg, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
-            for _ in range(cfg.grad_accum):
-                x, y = get_batch(train_tokens, sampler.next_starts(), n_ctx, device)
-                loss = model.loss(x, y, chunk_size=cfg.loss_chunk)
-                (loss / cfg.grad_accum).backward()
+            for micro, starts in enumerate(sampler.next_step()):
+                x, y = get_batch(train_tokens, starts, n_ctx, device)
+                with ranks.sync_gradients(step_model, now=micro == cfg.grad_accum - 1):
+                    loss = step_model(x, y)
+                    (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item()
-            loss_value = loss_sum / cfg.grad_accum
+            loss_value = ranks.sum([loss_sum], device)[0] / (cfg.grad_accum * ranks.world_size)  # global mean
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
                                                        else float("inf"))
             finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
@@ -727,39 +818,43 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
             if step % cfg.eval_every == 0 or step == total_steps:
                 row = row or {"step": step, "tokens": tokens_seen, "loss": loss_value, "lr": lr,
                               "tokens_per_sec": round(tok_s, 1)}
-                row.update(evaluate(model, val_tokens, cfg, n_ctx, device, shards.val_bytes_per_token))
+                row.update(evaluate(model, val_tokens, cfg, n_ctx, device, shards.val_bytes_per_token, ranks))
             if row is not None:
+                last_metrics = {**last_metrics, **row}
+            if row is not None and ranks.is_main:
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
-                last_metrics = {**last_metrics, **row}
                 bar.set_postfix_str(f"loss {loss_value:.3f} lr {lr:.1e} {tok_s:,.0f} tok/s"
                                     + (f" val {row['val_loss']:.3f}" if "val_loss" in row else ""))
                 if "val_loss" in row:
                     refresh_plot(run_dir)
             if step % cfg.checkpoint_every == 0:
                 last_ckpt = save_checkpoint(run_dir, step, model, tokenizer, optimizer, sampler, extra(),
-                                            cfg.keep_checkpoints)
+                                            cfg.keep_checkpoints) if ranks.is_main else step_dir(run_dir, step)
             if on_step is not None:
                 on_step(step)
         if last_ckpt is None or last_ckpt.name != step_dir(run_dir, step).name:
             last_ckpt = save_checkpoint(run_dir, step, model, tokenizer, optimizer, sampler, extra(),
-                                        cfg.keep_checkpoints)
+                                        cfg.keep_checkpoints) if ranks.is_main else step_dir(run_dir, step)
     finally:
         stop.restore()
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
         bar.close()
     if stop.signum is not None:
         raise Stopped(f"stopped by {stopped_by} at step {step}, checkpoint {last_ckpt} saved; continue with: "
                       f"gpt2lab train --resume {run_dir}", stop.signum)
-    if "val_loss" not in last_metrics or last_metrics.get("step") != step:
+    if ranks.from_main("val_loss" not in last_metrics or last_metrics.get("step") != step):  # all ranks, or none
         row = {"step": step, "tokens": tokens_seen}
-        row.update(evaluate(model, val_tokens, cfg, n_ctx, device, shards.val_bytes_per_token))
-        with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        row.update(evaluate(model, val_tokens, cfg, n_ctx, device, shards.val_bytes_per_token, ranks))
+        if ranks.is_main:
+            with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
         last_metrics = {**last_metrics, **row}
-    refresh_plot(run_dir)
-    result = RunResult(run_dir, step, tokens_seen, last_metrics, last_ckpt, stopped_by)
-    if cfg.sample_tokens > 0:
+    if ranks.is_main:
+        refresh_plot(run_dir)
+    result = RunResult(run_dir, step, tokens_seen, last_metrics, last_ckpt, stopped_by, rank=ranks.rank)
+    if cfg.sample_tokens > 0 and ranks.is_main:
         from .generate import sample
 
         g = torch.Generator().manual_seed(cfg.seed)
