@@ -89,7 +89,7 @@ class TrainConfig:
     text_field: str = "text"  # the field/column holding the text in .jsonl, .parquet and HF datasets
     hf_split: str = "train"  # the split of a Hugging Face dataset
     val_fraction: float = 0.1  # held-out tail of the tokens (not for shakespeare: whole plays)
-    tokenizer: str = "gpt2"  # gpt2, char or bpe:N (built from the training documents), or a tokenizer JSON file
+    tokenizer: str = "bpe:4096"  # gpt2, char or bpe:N (built from the training documents), or a tokenizer JSON file
     # run
     out: str | None = None  # run directory; default runs/<timestamp>
     seed: int = 1337
@@ -97,12 +97,12 @@ class TrainConfig:
     backend: str = "auto"  # with several processes: auto (nccl on cuda, gloo on cpu), gloo, nccl
     threads: int = 0  # torch CPU threads; 0: torch's default (all cores)
     # batch and optimisation
-    batch_size: int = 8  # sequences per micro-step per process
+    batch_size: int = 16  # sequences per micro-step per process
     grad_accum: int = 1  # micro-steps whose gradients add up to one step
     # one step trains on batch_size x processes x grad_accum sequences (the global batch)
     lr: float = 3e-3  # peak learning rate
     min_lr: float = 3e-4  # floor of the cosine decay
-    warmup_steps: int = 30
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     decay_embeddings: bool = False  # also decay the (tied) token and position embeddings
     beta1: float = 0.9
@@ -110,12 +110,12 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     loss_chunk: int = 0  # rows of logits per chunk in the loss (0: all at once)
     # when to stop (whichever comes first)
-    max_steps: int = 300
+    max_steps: int = 700
     epochs: float | None = None  # passes over the training windows, sampled without replacement
     max_minutes: float | None = None  # wall-clock limit
     # logging, evaluation, checkpoints
     log_every: int = 1
-    eval_every: int = 50
+    eval_every: int = 100
     eval_batches: int = 8
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
