@@ -15,7 +15,7 @@ figures are medians over the rounds.  Each round also times a large fp32
 ``flops_per_token * tokens/s / peak``.
 
 Peak RSS cannot be split between variants of one process, so each variant
-is also run for two steps in a subprocess of its own (``--rss``).
+is also run for one step (which allocates the gradients and the AdamW state) in a subprocess of its own (``--rss``).
 
     python -m benchmarks.train                       # mini and gpt2, ours vs transformers
     python -m benchmarks.train --ablate --preset mini --rounds 5   # what each technique gains
@@ -127,16 +127,17 @@ def matmul_peak(n: int = 1536, seconds: float = 0.5, dtype=torch.float32) -> flo
     return 2 * n ** 3 * count / (time.perf_counter() - start)
 
 
-def peak_rss(preset: str, variant: str, overrides: dict | None, steps: int = 2) -> float:
+def peak_rss(preset: str, batch: int, variant: str, overrides: dict | None, steps: int = 1) -> float:
     """Peak RSS (MiB) of a fresh process taking ``steps`` steps of one variant."""
-    spec = json.dumps({"preset": preset, "variant": variant, "overrides": overrides or {}, "steps": steps})
+    spec = json.dumps({"preset": preset, "batch": batch, "variant": variant, "overrides": overrides or {},
+                       "steps": steps})
     out = subprocess.run([sys.executable, "-m", "benchmarks.train", "--rss", spec], capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
 
 def rss_child(spec: dict) -> None:
-    batch, n_ctx = SETTINGS[spec["preset"]]
+    batch, n_ctx = spec["batch"], SETTINGS[spec["preset"]][1]
     cfg = GPTConfig.from_preset(spec["preset"], n_ctx=n_ctx)
     x, y = shakespeare_batch(batch, n_ctx)
     step, threads, _ = make_step(spec["variant"], cfg, spec["overrides"])
@@ -147,19 +148,19 @@ def rss_child(spec: dict) -> None:
 
 
 def run(presets: tuple[str, ...] = tuple(SETTINGS), rounds: int = 3, variants: dict[str, dict | None] | None = None,
-        rss: bool = True, log=print) -> dict:
+        rss: bool = True, batch: int | None = None, log=print) -> dict:
     """Every preset of ``presets``: see :func:`run_preset`."""
-    return {"presets": [run_preset(p, rounds, variants, rss, log) for p in presets]}
+    return {"presets": [run_preset(p, rounds, variants, rss, batch, log) for p in presets]}
 
 
 def run_preset(preset: str = "mini", rounds: int = 3, variants: dict[str, dict | None] | None = None,
-               rss: bool = True, log=print) -> dict:
+               rss: bool = True, batch: int | None = None, log=print) -> dict:
     """Time each variant ``rounds`` times, alternating, after one warm-up step each.
 
     ``variants``: name -> TrainConfig overrides for gpt2lab, or ``None`` for
     the ``transformers`` side.  Default: ``transformers`` and gpt2lab's defaults."""
     variants = variants if variants is not None else {TRANSFORMERS: None, OURS: {}}
-    batch, n_ctx = SETTINGS[preset]
+    batch, n_ctx = batch or SETTINGS[preset][0], SETTINGS[preset][1]
     cfg = GPTConfig.from_preset(preset, n_ctx=n_ctx)
     x, y = shakespeare_batch(batch, n_ctx)
     steps = {name: make_step(name, cfg, ov) for name, ov in variants.items()}
@@ -192,7 +193,7 @@ def run_preset(preset: str = "mini", rounds: int = 3, variants: dict[str, dict |
         if flops_per_token is not None:
             row["mfu"] = round(flops_per_token * tokens / (ms / 1e3) / peak, 3)
         if rss:
-            row["peak_rss_mib"] = round(peak_rss(preset, name, variants[name]), 0)
+            row["peak_rss_mib"] = round(peak_rss(preset, batch, name, variants[name]))
         rows.append(row)
     return {"preset": preset, "matmul_peak_gflops": round(peak / 1e9, 1),
             "matmul_peak_gflops_all": [round(p / 1e9, 1) for p in peaks], "rows": rows}
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=list(SETTINGS), action="append", help="default: all")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=int, help="sequences per step (default: mini 32, gpt2 4)")
     p.add_argument("--ablate", action="store_true", help="gpt2lab with each technique off, against its defaults")
     p.add_argument("--no-rss", action="store_true")
     p.add_argument("--rss", help=argparse.SUPPRESS)  # internal: one variant in a child process
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = {TRANSFORMERS: None, OURS: {}}
     if args.ablate:
         variants.update(ABLATIONS)
-    result = run(tuple(args.preset or SETTINGS), args.rounds, variants, rss=not args.no_rss)
+    result = run(tuple(args.preset or SETTINGS), args.rounds, variants, rss=not args.no_rss, batch=args.batch)
     print(table(result))
     print(json.dumps(result, indent=1))
 

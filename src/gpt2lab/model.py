@@ -606,29 +606,33 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             total = torch.zeros((), dtype=torch.float32, device=x.device)
             grad_x = torch.empty_like(x) if want_grad else None  # (n, d_model)
             grad_W = torch.zeros(W_E.shape, dtype=torch.float32, device=x.device) if want_grad else None
+            # one logits buffer for every chunk: a fresh 200 MB tensor per chunk costs page faults
+            buffer = torch.empty((min(chunk_size, n), W.shape[0]), dtype=dtype, device=x.device)
             for s in range(0, n, chunk_size):
                 xs, ts = x[s:s + chunk_size].to(dtype), targets[s:s + chunk_size]  # (chunk, d_model), (chunk,)
-                logits = (xs @ W.T).float()  # (chunk, d_vocab)
+                logits = torch.mm(xs, W.T, out=buffer[:xs.shape[0]]).float()  # (chunk, d_vocab)
                 lse = torch.logsumexp(logits, dim=-1)  # (chunk,)
                 total += lse.sum() - logits.gather(1, ts[:, None]).sum()
                 if not want_grad:
                     continue
                 g = logits.sub_(lse[:, None]).exp_()  # softmax, in place: (chunk, d_vocab)
                 g[torch.arange(xs.shape[0], device=x.device), ts] -= 1.0
-                g = g.div_(n).to(dtype)  # d loss / d logits for this chunk
-                grad_x[s:s + chunk_size] = g @ W  # (chunk, d_model)
-                if g.dtype == torch.float32:
+                g = g.to(dtype)  # n * d loss / d logits (the 1/n is applied once, in backward)
+                if g.dtype == grad_x.dtype == grad_W.dtype:  # fp32: write straight into the gradients
+                    torch.mm(g, W, out=grad_x[s:s + chunk_size])  # (chunk, d_model)
                     grad_W.addmm_(g.T, xs)  # (d_vocab, d_model), accumulated in place
-                else:
+                else:  # bf16 matmuls, fp32 gradients
+                    grad_x[s:s + chunk_size] = g @ W
                     grad_W += (g.T @ xs).float()
         ctx.save_for_backward(grad_x, grad_W)
+        ctx.n = n
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_x, grad_W = ctx.saved_tensors
-        # grad_out is d(final loss)/d(this loss): 1, or 1/grad_accum
-        return grad_x * grad_out, grad_W * grad_out, None, None, None
+        scale = grad_out / ctx.n  # grad_out is d(final loss)/d(this loss): 1, or 1/grad_accum
+        return grad_x * scale, grad_W * scale, None, None, None
 
 
 def chunked_cross_entropy(x: torch.Tensor, W_E: torch.Tensor, targets: torch.Tensor,
