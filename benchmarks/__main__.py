@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = ["train", "tokenize", "generate"]
+BENCHMARKS = ["train", "shards", "generate"]  # run by `python -m benchmarks`, in this order
 RESULTS = Path(__file__).parent / "results"
 
 

@@ -7,7 +7,7 @@ written to a file), ``tiktoken`` through ``encode_ordinary_batch`` into
 Python lists, and nothing else.  They alternate in one process; MB/s is UTF-8
 megabytes of text per second, median of the rounds.
 
-    python -m benchmarks.tokenize --rounds 5
+    python -m benchmarks.shards --rounds 5
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def run(rounds: int = 5, log=print) -> dict:
                 if r:
                     times[name].append(time.perf_counter() - t)
             if r:
-                log(f"  tokenize round {r}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in times.items()))
+                log(f"  shards round {r}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in times.items()))
     speed = {n: mb / statistics.median(v) for n, v in times.items()}
     return {"mb": round(mb, 2), "gpt2lab_mb_s": round(speed["gpt2lab"], 2),
             "tiktoken_mb_s": round(speed["tiktoken"], 2), "ratio": round(speed["gpt2lab"] / speed["tiktoken"], 2),
@@ -66,7 +66,7 @@ def table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tokenize", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.shards", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     r = run(p.parse_args(argv).rounds)
     print(table(r))
