@@ -26,12 +26,13 @@ class _NoBar:
 
 
 def run(rounds: int = 5, log=print) -> dict:
-    from gpt2lab.data import _write_documents, iter_documents, parse_source, token_dtype
+    from gpt2lab.data import _write_documents, iter_pieces, parse_source, token_dtype
     from gpt2lab.tokenizer import load_tokenizer
 
     tok = load_tokenizer("gpt2")
     source = parse_source("shakespeare")
-    docs = list(iter_documents(source, "train")) + list(iter_documents(source, "val"))
+    pieces = list(iter_pieces(source, "train")) + list(iter_pieces(source, "val"))  # (text, ends_document)
+    docs = [text for text, _ in pieces]
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
     times = {"gpt2lab": [], "tiktoken": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,7 +40,7 @@ def run(rounds: int = 5, log=print) -> dict:
 
         def ours():
             with open(path, "wb") as f:
-                _write_documents(f, tok, docs, token_dtype(tok.n_vocab), _NoBar())
+                _write_documents(f, tok, pieces, token_dtype(tok.n_vocab), _NoBar())
 
         def raw():
             tok.enc.encode_ordinary_batch(docs)
