@@ -192,6 +192,43 @@ def test_chunked_loss_equals_plain_loss_and_gradients(chunk):
     assert l0 == pytest.approx(ref, abs=1e-5)
 
 
+def test_chunked_loss_scales_its_gradient_and_skips_it_without_grad():
+    torch.manual_seed(2)
+    model = GPT(GPTConfig.from_preset("tiny"))
+    tokens, targets = torch.randint(0, 50257, (2, 20)), torch.randint(0, 50257, (2, 20))
+    grads = []
+    for c, scale in ((0, 0.25), (16, 0.25)):  # as with grad_accum=4
+        model.zero_grad()
+        (model.loss(tokens, targets, chunk_size=c) * scale).backward()
+        grads.append(model.embed.W_E.grad.clone())
+    assert err(grads[0], grads[1]) <= 1e-6
+    with torch.no_grad():
+        assert model.loss(tokens, targets, 16).item() == pytest.approx(model.loss(tokens, targets).item(), abs=1e-5)
+
+
+def test_chunked_loss_under_bf16_autocast_is_close_to_fp32():
+    torch.manual_seed(2)
+    model = GPT(GPTConfig.from_preset("tiny"))
+    tokens, targets = torch.randint(0, 50257, (2, 20)), torch.randint(0, 50257, (2, 20))
+    ref = model.loss(tokens, targets)
+    ref.backward()
+    g_ref, model.embed.W_E.grad = model.embed.W_E.grad.clone(), None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(tokens, targets, chunk_size=16)
+    loss.backward()
+    assert loss.dtype == torch.float32 and model.embed.W_E.grad.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref.item(), abs=2e-2)
+    assert err(model.embed.W_E.grad, g_ref) <= 2e-2 * g_ref.abs().max().item()
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    cfg = GPTConfig.from_preset("gpt2")
+    model = GPT(cfg)
+    n = 124_439_808 - 1024 * 768  # without position embeddings
+    assert model.flops_per_token() == 6 * n + 12 * 12 * 1024 * 768
+    assert model.flops_per_token(n_ctx=128) == 6 * n + 12 * 12 * 128 * 768
+
+
 @pytest.mark.parametrize("fast", [False, True])
 def test_kv_cache_gives_the_same_logits_as_a_full_forward(fast):
     torch.manual_seed(3)

@@ -267,3 +267,61 @@ def test_char_tokenizer_is_built_from_the_corpus_and_saved(corpus, tmp_path):
     T.train(T.TrainConfig(max_steps=6), resume=tmp_path / "c", train_overrides={"max_steps": 6}, log=quiet)
     assert latest_checkpoint(tmp_path / "c").name == "step_00000006"
     assert load_model(tmp_path / "c")[1].to_dict() == tok.to_dict()
+
+
+PLAIN_PATH = dict(loss_chunk=0, adamw="loop", autocast="off")
+
+
+def test_fast_path_keeps_the_loss_curve_of_the_plain_path(corpus, tmp_path):
+    """The defaults (chunked loss, fused AdamW, autocast where native) learn what the plain path learns."""
+    fast = T.train(cfg(corpus, tmp_path / "fast"), tiny_model(), log=quiet)
+    plain = T.train(cfg(corpus, tmp_path / "plain", **PLAIN_PATH), tiny_model(), log=quiet)
+    a, b = losses(tmp_path / "fast"), losses(tmp_path / "plain")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    diffs = [abs(ra[k] - rb[k]) for ra, rb in zip(a, b) for k in ("loss", "val_loss") if k in ra]
+    print(f"max loss difference fast vs plain over {len(a)} steps: {max(diffs):.2e}")
+    assert max(diffs) < 1e-4
+    assert fast.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach"])
+def test_adamw_implementations_take_the_same_step(impl):
+    grads = None
+    params = []
+    for choice in ("loop", impl):
+        torch.manual_seed(0)
+        model = GPT(tiny_model(d_vocab=100))
+        opt = T.make_optimizer(model, T.TrainConfig(adamw=choice))
+        assert opt.param_groups[0]["fused"] is (True if choice == "fused" else None)
+        for _ in range(3):
+            if grads is None:
+                grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(3)]
+            for p, g in zip(model.parameters(), grads[_]):
+                p.grad = g.clone()
+            opt.step()
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert (params[0] - params[1]).abs().max() <= 1e-6
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_the_loss():
+    """bf16 autocast (emulated on CPUs without native bf16) changes the loss by rounding only."""
+    torch.manual_seed(0)
+    model = GPT(tiny_model())
+    x, y = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
+    device = torch.device("cpu")
+    values = {}
+    for setting in ("off", "bf16"):
+        loss = T.loss_function(model, T.TrainConfig(autocast=setting), device)(x, y)
+        values[setting] = loss.item()
+        model.zero_grad()
+        loss.backward()
+        assert {p.grad.dtype for p in model.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    print(f"loss fp32 {values['off']:.5f}, bf16 autocast {values['bf16']:.5f}")
+    assert values["bf16"] == pytest.approx(values["off"], abs=2e-2)
+
+
+@pytest.mark.parametrize("field, value", [("autocast", "fp8"), ("adamw", "sgd")])
+def test_bad_speed_settings_are_user_errors(field, value):
+    with pytest.raises(UserError, match=f"--{field}"):
+        T.TrainConfig(**{field: value})

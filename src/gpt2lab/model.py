@@ -497,6 +497,18 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n if include_position else n - self.pos_embed.W_pos.numel()
 
+    def flops_per_token(self, n_ctx: int | None = None) -> int:
+        """Model FLOPs of one training token (forward + backward), for MFU.
+
+        Every weight is used in one multiply-add (2 FLOPs) per token forward
+        and two backward (gradient of the input and of the weight): 6 per
+        parameter.  Position embeddings are a lookup, not a matmul.  Attention
+        adds ``q @ k`` and ``pattern @ v``, each ``2 * n_ctx * d_model`` FLOPs
+        per token forward, times 3 with the backward: ``12 * n_layers * n_ctx * d_model``
+        (counted for the full square, as PaLM's MFU does, though causal masking halves it)."""
+        n_ctx = n_ctx or self.cfg.n_ctx
+        return 6 * self.num_params(include_position=False) + 12 * self.cfg.n_layers * n_ctx * self.cfg.d_model
+
     def residual(self, tokens: torch.Tensor, cache: KVCache | None = None,
                  positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Everything up to (and including) the final LayerNorm."""
@@ -563,51 +575,71 @@ class GPT(nn.Module):
         fp32 logits never exist at once (see :func:`chunked_cross_entropy`)."""
         x = self.residual(tokens)  # (batch, pos, d_model)
         if chunk_size > 0:
-            return chunked_cross_entropy(x, self.unembed.W_U, targets, chunk_size)
+            return chunked_cross_entropy(x, self.embed.W_E, targets, chunk_size)
         logits = self.unembed(x)  # (batch, pos, d_vocab)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Output layer + cross-entropy, a chunk of rows at a time, forward and backward.
+    """Output layer + cross-entropy, a chunk of rows at a time, gradients included.
 
     The gradient of mean cross-entropy w.r.t. the logits is
-    ``(softmax(logits) - onehot(target)) / n``, so each chunk's logits can be
-    recomputed in the backward pass, turned into that gradient, multiplied
-    into the two inputs' gradients, and thrown away."""
+    ``(softmax(logits) - onehot(target)) / n``: it needs nothing but the
+    logits themselves.  So while a chunk's logits exist we turn them, in
+    place, into that gradient and multiply it into the gradients of the two
+    inputs right away, then throw the chunk away.  Three matmuls per chunk
+    (logits, grad of x, grad of W_E) instead of the four of a backward pass
+    that recomputes the logits, and never more than ``chunk`` rows of
+    ``d_vocab`` floats alive.  ``backward`` only scales what was computed.
+
+    Under autocast (bf16) the matmuls run in the autocast dtype; the softmax,
+    the loss and the accumulated ``W_E`` gradient stay fp32."""
 
     @staticmethod
-    def forward(ctx, x, W_U, targets, chunk_size):
-        # x: (n, d_model); W_U: (d_model, d_vocab); targets: (n,)
+    def forward(ctx, x, W_E, targets, chunk_size, want_grad):
+        # x: (n, d_model); W_E: (d_vocab, d_model), the tied embedding; targets: (n,)
         n = x.shape[0]
-        total = x.new_zeros((), dtype=torch.float32)
-        for s in range(0, n, chunk_size):
-            logits = (x[s:s + chunk_size] @ W_U).float()  # (chunk, d_vocab)
-            total += F.cross_entropy(logits, targets[s:s + chunk_size], reduction="sum")
-        ctx.save_for_backward(x, W_U, targets)
-        ctx.chunk_size = chunk_size
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        with torch.autocast(device_type, enabled=False):
+            W = W_E.to(dtype)  # (d_vocab, d_model)
+            total = torch.zeros((), dtype=torch.float32, device=x.device)
+            grad_x = torch.empty_like(x) if want_grad else None  # (n, d_model)
+            grad_W = torch.zeros(W_E.shape, dtype=torch.float32, device=x.device) if want_grad else None
+            # one logits buffer for every chunk: a fresh 200 MB tensor per chunk costs page faults
+            buffer = torch.empty((min(chunk_size, n), W.shape[0]), dtype=dtype, device=x.device)
+            for s in range(0, n, chunk_size):
+                xs, ts = x[s:s + chunk_size].to(dtype), targets[s:s + chunk_size]  # (chunk, d_model), (chunk,)
+                logits = torch.mm(xs, W.T, out=buffer[:xs.shape[0]]).float()  # (chunk, d_vocab)
+                lse = torch.logsumexp(logits, dim=-1)  # (chunk,)
+                total += lse.sum() - logits.gather(1, ts[:, None]).sum()
+                if not want_grad:
+                    continue
+                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place: (chunk, d_vocab)
+                g[torch.arange(xs.shape[0], device=x.device), ts] -= 1.0
+                g = g.to(dtype)  # n * d loss / d logits (the 1/n is applied once, in backward)
+                if g.dtype == grad_x.dtype == grad_W.dtype:  # fp32: write straight into the gradients
+                    torch.mm(g, W, out=grad_x[s:s + chunk_size])  # (chunk, d_model)
+                    grad_W.addmm_(g.T, xs)  # (d_vocab, d_model), accumulated in place
+                else:  # bf16 matmuls, fp32 gradients
+                    grad_x[s:s + chunk_size] = g @ W
+                    grad_W += (g.T @ xs).float()
+        ctx.save_for_backward(grad_x, grad_W)
+        ctx.n = n
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, W_U, targets = ctx.saved_tensors
-        n, chunk_size = x.shape[0], ctx.chunk_size
-        grad_x = torch.empty_like(x)
-        grad_W = torch.zeros(W_U.shape, dtype=torch.float32, device=W_U.device)
-        scale = grad_out / n
-        for s in range(0, n, chunk_size):
-            xs = x[s:s + chunk_size]
-            probs = (xs @ W_U).float().softmax(dim=-1)  # (chunk, d_vocab)
-            probs[torch.arange(xs.shape[0], device=x.device), targets[s:s + chunk_size]] -= 1.0
-            g = (probs * scale).to(x.dtype)  # d loss / d logits for this chunk
-            grad_x[s:s + chunk_size] = g @ W_U.T
-            grad_W += (xs.T @ g).float()
-        return grad_x, grad_W.to(W_U.dtype), None, None
+        grad_x, grad_W = ctx.saved_tensors
+        scale = grad_out / ctx.n  # grad_out is d(final loss)/d(this loss): 1, or 1/grad_accum
+        return grad_x * scale, grad_W * scale, None, None, None
 
 
-def chunked_cross_entropy(x: torch.Tensor, W_U: torch.Tensor, targets: torch.Tensor,
+def chunked_cross_entropy(x: torch.Tensor, W_E: torch.Tensor, targets: torch.Tensor,
                           chunk_size: int) -> torch.Tensor:
-    """Mean cross-entropy of ``x @ W_U`` against ``targets`` without ever
+    """Mean cross-entropy of ``x @ W_E.T`` against ``targets`` without ever
     holding more than ``chunk_size`` rows of logits."""
-    # x: (batch, pos, d_model); targets: (batch, pos)
-    return _ChunkedCrossEntropy.apply(x.flatten(0, 1), W_U, targets.flatten(), chunk_size)
+    # x: (batch, pos, d_model); W_E: (d_vocab, d_model); targets: (batch, pos)
+    # (inside forward, grad mode is always off: decide here whether gradients will be wanted)
+    want_grad = torch.is_grad_enabled() and (x.requires_grad or W_E.requires_grad)
+    return _ChunkedCrossEntropy.apply(x.flatten(0, 1), W_E, targets.flatten(), chunk_size, want_grad)

@@ -45,6 +45,7 @@ A run directory::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -65,6 +66,7 @@ from .checkpoint import CHECKPOINTS, MODEL_META, fsync_dir, latest_checkpoint, l
     read_json, read_safetensors, MODEL_FILE, save_model, torch_load_safely, write_bytes_atomic, write_json
 from .distributed import Ranks, env_ranks, start as start_ranks
 from .errors import Stopped, UserError
+from .hardware import AUTOCAST_CHOICES, autocast, autocast_dtype, physical_cores
 from .model import GPT, GPTConfig
 
 STATE_FILE = "training_state.pt"
@@ -95,7 +97,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps
     backend: str = "auto"  # with several processes: auto (nccl on cuda, gloo on cpu), gloo, nccl
-    threads: int = 0  # torch CPU threads; 0: torch's default (all cores)
+    threads: int = 0  # torch CPU threads; 0: one per physical core
     # batch and optimisation
     batch_size: int = 16  # sequences per micro-step per process
     grad_accum: int = 1  # micro-steps whose gradients add up to one step
@@ -108,7 +110,11 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    loss_chunk: int = 0  # rows of logits per chunk in the loss (0: all at once)
+    # speed (see benchmarks/README.md); none of these changes what is learned beyond rounding
+    loss_chunk: int = 1024  # rows of logits per chunk of the fused output layer + loss (0: plain, all at once)
+    autocast: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16, else fp32), bf16, off
+    adamw: str = "fused"  # AdamW implementation: fused, foreach, loop (fused/foreach fall back to loop where unsupported)
+    compile: bool = False  # torch.compile the loss (slow to start; measured no faster on 2 CPU cores)
     # when to stop (whichever comes first)
     max_steps: int = 700
     epochs: float | None = None  # passes over the training windows, sampled without replacement
@@ -163,6 +169,10 @@ class TrainConfig:
 
         if self.backend not in BACKENDS:
             raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise UserError(f"--autocast must be one of {', '.join(AUTOCAST_CHOICES)}, got {self.autocast!r}")
+        if self.adamw not in ADAMW_CHOICES:
+            raise UserError(f"--adamw must be one of {', '.join(ADAMW_CHOICES)}, got {self.adamw!r}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction!r}")
 
@@ -178,7 +188,8 @@ DEFAULT_MODEL_OVERRIDES = dict(n_ctx=128)
 # Fields that may change when resuming (they do not change what was learned so far).
 RESUMABLE_CHANGES = {"max_steps", "epochs", "max_minutes", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "sample_tokens", "sample_temperature", "sample_top_k", "progress",
-                     "device", "backend", "threads", "out", "on_nan", "spike_factor"}
+                     "device", "backend", "threads", "out", "on_nan", "spike_factor", "loss_chunk",
+                     "autocast", "adamw", "compile"}
 # May change when resuming as long as the global batch stays the same (e.g. on more processes).
 BATCH_LAYOUT = {"batch_size", "grad_accum"}
 
@@ -218,8 +229,38 @@ def param_groups(model: GPT, cfg: TrainConfig) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
 
+ADAMW_CHOICES = ("fused", "foreach", "loop")
+
+
+def adamw_flags(cfg: TrainConfig, device: torch.device) -> dict:
+    """``fused``: one kernel updates every parameter (CPU and CUDA, fp32);
+    ``foreach``: one op per step over lists of tensors; ``loop``: one op per
+    parameter (PyTorch's default on CPU).  The same arithmetic in each."""
+    fused = cfg.adamw == "fused" and device.type in ("cpu", "cuda")
+    return {"fused": fused or None, "foreach": (cfg.adamw == "foreach") or (False if fused else None)}
+
+
 def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+    device = next(model.parameters()).device
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+                             **adamw_flags(cfg, device))
+
+
+def loss_function(model: GPT, cfg: TrainConfig, device: torch.device, forward=None):
+    """The training step's ``loss(x, y)``, with this run's fast-path settings
+    applied: the chunked output layer, autocast and ``torch.compile``.
+    ``forward(x, y)``: what computes the loss (the data-parallel wrapper when
+    there is one); default ``model.loss`` with ``cfg.loss_chunk``."""
+    dtype = autocast_dtype(device, cfg.autocast)
+    forward = forward or functools.partial(model.loss, chunk_size=cfg.loss_chunk)
+    if cfg.compile:
+        forward = torch.compile(forward)
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return forward(x, y)
+
+    return loss
 
 
 # ---------------------------------------------------------------------------
@@ -657,8 +698,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     if resume is not None:  # (rank 0 first, so that the error is printed once, not by every rank)
         ranks.main_first(lambda: check_global_batch(saved_cfg, read_json(run_dir / CONFIG_FILE).get("world_size", 1),
                                                     cfg, ranks.world_size, run_dir))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or physical_cores())
     source = parse_source(cfg.data, cfg.text_field, cfg.hf_split)
     if ckpt is not None:  # resume with the very tokenizer the run was trained with
         tokenizer = load_tokenizer(read_json(ckpt / MODEL_META).get("tokenizer", {"kind": "gpt2"}))
@@ -711,6 +751,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
         load_state_strict(model, read_safetensors(ckpt / MODEL_FILE), ckpt / MODEL_FILE)
         state = load_training_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the implementation may change on resume; the state may not
+            group.update(adamw_flags(cfg, device))
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
@@ -732,6 +774,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
         log(f"run {run_dir}: {model.num_params():,} parameters, {len(train_tokens):,} training tokens, "
             f"{tokens_per_step:,} tokens per step{on}, {total_steps} steps")
     step_model = ranks.data_parallel(model, cfg.loss_chunk, device)  # step_model(x, y): the loss, synced
+    loss_fn = loss_function(model, cfg, device, forward=step_model)
 
     from tqdm import tqdm
 
@@ -776,7 +819,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
             for micro, starts in enumerate(sampler.next_step()):
                 x, y = get_batch(train_tokens, starts, n_ctx, device)
                 with ranks.sync_gradients(step_model, now=micro == cfg.grad_accum - 1):
-                    loss = step_model(x, y)
+                    loss = loss_fn(x, y)
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item()
             loss_value = ranks.sum([loss_sum], device)[0] / (cfg.grad_accum * ranks.world_size)  # global mean

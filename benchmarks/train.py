@@ -1,0 +1,238 @@
+"""Training speed: gpt2lab's training step against ``transformers``, and MFU.
+
+One *step* is what ``gpt2lab.train`` does per optimizer step: forward,
+backward, gradient clipping to norm 1, AdamW step, zero the gradients.  The
+``transformers`` side is the loop a user would write: ``GPT2LMHeadModel``
+(same shape, default attention) called with ``labels=``, ``loss.backward()``,
+the same clipping, ``torch.optim.AdamW`` with its defaults.  Both see the same
+Shakespeare windows.
+
+Each *variant* (``transformers``, gpt2lab's defaults, gpt2lab with one
+technique switched off, ...) takes one step in turn, round after round, in one
+process, so that the load of a shared machine falls on all of them alike;
+figures are medians over the rounds.  Each round also times a large fp32
+``torch.mm`` loop: the machine's own matmul peak, against which MFU is
+``flops_per_token * tokens/s / peak``.
+
+Peak RSS cannot be split between variants of one process, so each variant
+is also run for one step (which allocates the gradients and the AdamW state) in a subprocess of its own (``--rss``).
+
+    python -m benchmarks.train                       # mini and gpt2, ours vs transformers
+    python -m benchmarks.train --ablate --preset mini --rounds 5   # what each technique gains
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from gpt2lab.hardware import physical_cores
+from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.train import TrainConfig, loss_function, make_optimizer
+
+# preset -> (batch, context): mini is the classic demo setting; gpt2 (124M) a small batch to stay short
+SETTINGS = {"mini": (32, 256), "gpt2": (4, 128)}
+
+# gpt2lab with one technique switched off (or another setting), against the defaults
+ABLATIONS = {
+    "plain loss (loss_chunk=0)": dict(loss_chunk=0),
+    "loss_chunk=256": dict(loss_chunk=256),
+    "loss_chunk=4096": dict(loss_chunk=4096),
+    "AdamW loop": dict(adamw="loop"),
+    "AdamW foreach": dict(adamw="foreach"),
+    "plain attention": dict(fast_attention=False),
+    "1 thread": dict(threads=1),
+}
+TRANSFORMERS = "transformers"
+OURS = "gpt2lab"
+
+
+def shakespeare_batch(batch: int, n_ctx: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` random windows of the Shakespeare training tokens: inputs and targets ``(batch, n_ctx)``."""
+    from gpt2lab.data import parse_source, prepare_tokens
+    from gpt2lab.tokenizer import load_tokenizer
+    from gpt2lab.train import WindowSampler, get_batch
+
+    shards = prepare_tokens(parse_source("shakespeare"), load_tokenizer("gpt2"), progress=False)
+    sampler = WindowSampler(len(shards.train), n_ctx, batch, seed)
+    return get_batch(shards.train, sampler.next_starts(), n_ctx, "cpu")
+
+
+def ours_step(cfg: GPTConfig, overrides: dict):
+    """A gpt2lab training step, built with the same functions ``gpt2lab.train`` uses."""
+    overrides = dict(overrides)
+    fast_attention = overrides.pop("fast_attention", True)
+    tcfg = TrainConfig(**overrides)
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = GPT(cfg).train()
+    model.set_fast_attention(fast_attention)
+    optimizer = make_optimizer(model, tcfg)
+    loss_fn = loss_function(model, tcfg, device)
+
+    def step(x, y) -> float:
+        loss = loss_fn(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step, tcfg.threads or physical_cores(), model.flops_per_token()
+
+
+def transformers_step(cfg: GPTConfig):
+    """The same model and step written with ``transformers``, as a user would."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt2lab.checkpoint import hf_config
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**hf_config(cfg))).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def step(x, y) -> float:
+        # HF shifts the labels itself: feeding the window with its next token appended
+        # would exceed n_ctx, so it predicts x[1:] from x[:-1] -- the same compute.
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step, physical_cores(), None
+
+
+def make_step(name: str, cfg: GPTConfig, overrides: dict | None):
+    return transformers_step(cfg) if name == TRANSFORMERS else ours_step(cfg, overrides or {})
+
+
+def matmul_peak(n: int = 1536, seconds: float = 0.5, dtype=torch.float32) -> float:
+    """FLOP/s of a large square ``torch.mm`` loop: what this machine's matmul can do now."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    c = torch.mm(a, b)  # warm up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b, out=c)
+        count += 1
+    return 2 * n ** 3 * count / (time.perf_counter() - start)
+
+
+def peak_rss(preset: str, batch: int, variant: str, overrides: dict | None, steps: int = 1) -> float:
+    """Peak RSS (MiB) of a fresh process taking ``steps`` steps of one variant."""
+    spec = json.dumps({"preset": preset, "batch": batch, "variant": variant, "overrides": overrides or {},
+                       "steps": steps})
+    out = subprocess.run([sys.executable, "-m", "benchmarks.train", "--rss", spec], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def rss_child(spec: dict) -> None:
+    batch, n_ctx = spec["batch"], SETTINGS[spec["preset"]][1]
+    cfg = GPTConfig.from_preset(spec["preset"], n_ctx=n_ctx)
+    x, y = shakespeare_batch(batch, n_ctx)
+    step, threads, _ = make_step(spec["variant"], cfg, spec["overrides"])
+    torch.set_num_threads(threads)
+    for _ in range(spec["steps"]):
+        step(x, y)
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the (big) parent
+    hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_mib": hwm_kib / 1024}))
+
+
+def run(presets: tuple[str, ...] = tuple(SETTINGS), rounds: int = 3, variants: dict[str, dict | None] | None = None,
+        rss: bool = True, batch: int | None = None, log=print) -> dict:
+    """Every preset of ``presets``: see :func:`run_preset`."""
+    return {"presets": [run_preset(p, rounds, variants, rss, batch, log) for p in presets]}
+
+
+def run_preset(preset: str = "mini", rounds: int = 3, variants: dict[str, dict | None] | None = None,
+               rss: bool = True, batch: int | None = None, log=print) -> dict:
+    """Time each variant ``rounds`` times, alternating, after one warm-up step each.
+
+    ``variants``: name -> TrainConfig overrides for gpt2lab, or ``None`` for
+    the ``transformers`` side.  Default: ``transformers`` and gpt2lab's defaults."""
+    variants = variants if variants is not None else {TRANSFORMERS: None, OURS: {}}
+    batch, n_ctx = batch or SETTINGS[preset][0], SETTINGS[preset][1]
+    cfg = GPTConfig.from_preset(preset, n_ctx=n_ctx)
+    x, y = shakespeare_batch(batch, n_ctx)
+    steps = {name: make_step(name, cfg, ov) for name, ov in variants.items()}
+    times = {name: [] for name in variants}
+    losses = {name: [] for name in variants}
+    peaks = []
+    for name, (step, threads, _) in steps.items():  # warm-up (allocations, optimizer state)
+        torch.set_num_threads(threads)
+        losses[name].append(step(x, y))
+    for r in range(rounds):
+        torch.set_num_threads(physical_cores())
+        peaks.append(matmul_peak())
+        for name, (step, threads, _) in steps.items():
+            torch.set_num_threads(threads)
+            t = time.perf_counter()
+            losses[name].append(step(x, y))
+            times[name].append(time.perf_counter() - t)
+        log(f"  {preset} round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" for n in times))
+    peak = statistics.median(peaks)
+    tokens = batch * n_ctx
+    base = statistics.median(times[TRANSFORMERS]) if TRANSFORMERS in times else None
+    rows = []
+    for name, (step, threads, flops_per_token) in steps.items():
+        ms = statistics.median(times[name]) * 1e3
+        row = {"preset": preset, "batch": batch, "n_ctx": n_ctx, "variant": name, "threads": threads,
+               "ms_per_step": round(ms, 1), "tokens_per_s": round(tokens / ms * 1e3, 1),
+               "speedup_vs_transformers": round(base * 1e3 / ms, 2) if base else None,
+               "ms_per_step_all": [round(t * 1e3, 1) for t in times[name]],
+               "loss_first": round(losses[name][0], 5), "loss_last": round(losses[name][-1], 5)}
+        if flops_per_token is not None:
+            row["mfu"] = round(flops_per_token * tokens / (ms / 1e3) / peak, 3)
+        if rss:
+            row["peak_rss_mib"] = round(peak_rss(preset, batch, name, variants[name]))
+        rows.append(row)
+    return {"preset": preset, "matmul_peak_gflops": round(peak / 1e9, 1),
+            "matmul_peak_gflops_all": [round(p / 1e9, 1) for p in peaks], "rows": rows}
+
+
+def table(result: dict) -> str:
+    results = result["presets"]
+    lines = ["| preset | batch×ctx | variant | ms/step | tokens/s | × transformers | MFU | peak RSS MiB |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for res in results:
+        for r in res["rows"]:
+            mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "–"
+            speed = f"{r['speedup_vs_transformers']:.2f}" if r["speedup_vs_transformers"] else "–"
+            lines.append(f"| {r['preset']} | {r['batch']}×{r['n_ctx']} | {r['variant']} | {r['ms_per_step']:.0f} | "
+                         f"{r['tokens_per_s']:,.0f} | {speed} | {mfu} | {r.get('peak_rss_mib', '–')} |")
+    peaks = ", ".join(f"{res['preset']}: {res['matmul_peak_gflops']} GFLOP/s" for res in results)
+    lines.append(f"\nfp32 matmul peak measured alongside ({physical_cores()} threads): {peaks}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=list(SETTINGS), action="append", help="default: all")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch", type=int, help="sequences per step (default: mini 32, gpt2 4)")
+    p.add_argument("--ablate", action="store_true", help="gpt2lab with each technique off, against its defaults")
+    p.add_argument("--no-rss", action="store_true")
+    p.add_argument("--rss", help=argparse.SUPPRESS)  # internal: one variant in a child process
+    args = p.parse_args(argv)
+    if args.rss:
+        return rss_child(json.loads(args.rss))
+    variants = {TRANSFORMERS: None, OURS: {}}
+    if args.ablate:
+        variants.update(ABLATIONS)
+    result = run(tuple(args.preset or SETTINGS), args.rounds, variants, rss=not args.no_rss, batch=args.batch)
+    print(table(result))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""What this machine can do fast: its cores and its matrix number formats.
+
+Training picks its settings from these facts rather than from guesses:
+
+* **threads**: one per *physical* core.  Matmul kernels keep a core's vector
+  units busy; a second hyper-thread on the same core only competes for them.
+* **bf16 autocast**: worth it only where the hardware multiplies bf16
+  natively (CUDA GPUs; x86 CPUs with AVX512-BF16 or AMX tiles).  Elsewhere,
+  e.g. an AVX2-only laptop, PyTorch emulates bf16 matmuls by converting to
+  fp32, which costs time and buys nothing, so we stay in fp32.
+
+Master weights and the optimizer state are always fp32: autocast only
+changes the dtype in which matmuls *compute*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+# /proc/cpuinfo flags that mean "bf16 matrix math in hardware"
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+AUTOCAST_CHOICES = ("auto", "bf16", "off")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The feature flags of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU multiplies bf16 matrices in hardware."""
+    if any(f in cpu_flags(cpuinfo) for f in NATIVE_BF16_FLAGS):
+        return True
+    # no /proc/cpuinfo (macOS, Windows): ask PyTorch which kernels it dispatched to
+    return cpuinfo is None and torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+
+
+def physical_cores(cpuinfo: str | None = None) -> int:
+    """Number of physical cores (hyper-threads not counted)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    cores, physical = set(), "0"
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            physical = value.strip()
+        elif key == "core id":
+            cores.add((physical, value.strip()))
+    return len(cores) or os.cpu_count() or 1
+
+
+def autocast_dtype(device: torch.device, setting: str = "auto") -> torch.dtype | None:
+    """The dtype matmuls compute in for ``setting`` (``auto``, ``bf16``, ``off``);
+    ``None`` means plain fp32.  ``auto``: bf16 on CUDA and on CPUs with native
+    bf16, fp32 elsewhere."""
+    if setting not in AUTOCAST_CHOICES:
+        raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_CHOICES)}, got {setting!r}")
+    if setting == "off":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """A context in which matmuls compute in ``dtype`` (a no-op for ``None``)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
