@@ -225,7 +225,7 @@ def train_bpe(texts: Iterable[str], cfg: BPEConfig):
 
     chunks = count_chunks(texts, cfg.pattern)
     if not chunks:
-        raise TokenizerError("the training corpus is empty; give a file or directory with some text")
+        raise TokenizerError("the training corpus is empty; give some text (a file or directory with text in it)")
     merges = TRAINERS[cfg.impl](chunks, cfg.vocab_size - 1)
     return TiktokenBPE("bpe", ranks_from_merges(merges), cfg.pattern)  # never "gpt2": that name means GPT-2's own
 
