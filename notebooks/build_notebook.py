@@ -492,7 +492,8 @@ if QUICK:
 else:
     train_cfg = GPTConfig.from_preset("mini", n_ctx=128)
     recipe = TrainConfig(max_minutes=4.0, max_steps=5000, eval_every=50, log_every=5)  # log often: slow CPUs step rarely
-recipe = dataclasses.replace(recipe, out=f"{run_tmp.name}/run", sample_tokens=0, progress=False)
+# GPT-2's own tokenizer, so that `tok` from section 2 reads this model's tokens.
+recipe = dataclasses.replace(recipe, out=f"{run_tmp.name}/run", tokenizer="gpt2", sample_tokens=0, progress=False)
 
 result = train(recipe, train_cfg)
 model, _ = load_model(result.run_dir)  # the last checkpoint, in eval mode
