@@ -81,3 +81,12 @@ def random_hf_model(preset: str = "tiny", seed: int = 0, **overrides):
             if "ln_" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     return cfg, hf
+
+
+@pytest.fixture
+def threads():
+    """``threads(n)`` sets torch's thread count until the test ends (the split
+    matrix-vector product of ``model.matmul`` depends on it)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)

@@ -73,8 +73,11 @@ def test_batched_left_padded_prompts_equal_one_by_one():
         assert batch[i].tolist() == run_ids(model, [p], max_new_tokens=20, **GREEDY)[0].tolist()
 
 
-def test_greedy_equals_transformers(tmp_path):
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_greedy_equals_transformers(tmp_path, threads, n_threads):
+    """With 2 threads the model's split matrix-vector products run (see model.matmul)."""
     transformers = pytest.importorskip("transformers")
+    threads(n_threads)
     model = varied_model(d_vocab=50257, n_ctx=64)
     export_hf(model, gpt2_tokenizer(), tmp_path / "hf")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import random_hf_model
 from gpt2lab.checkpoint import hf_to_gpt2lab, load_state_strict
-from gpt2lab.model import GPT, GPTConfig, KVCache, LayerNorm, causal_mask, gelu
+from gpt2lab.model import FEW_ROWS, GPT, GPTConfig, KVCache, LayerNorm, causal_mask, gelu, matmul
 
 transformers = pytest.importorskip("transformers")
 
@@ -169,6 +169,71 @@ def test_layernorm_plain_equals_fused():
         ln.b.normal_()
     x = torch.randn(4, 7, cfg.d_model) * 3 + 1
     assert err(ln(x), ln.forward_fast(x)) <= 1e-5
+
+
+@pytest.fixture
+def bmm_calls(monkeypatch):
+    """Count calls to torch.bmm, to know which path `matmul` took."""
+    calls = []
+    real = torch.bmm
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counting)
+    return calls
+
+
+@pytest.mark.parametrize("n_threads", [2, 3, 8])
+@pytest.mark.parametrize("shape", [(1, 1, 256), (8, 1, 256), (2, 3, 768)])
+def test_split_matmul_equals_the_plain_product(threads, bmm_calls, n_threads, shape):
+    threads(n_threads)
+    torch.manual_seed(0)
+    x = torch.randn(*shape)  # (batch, pos, d_in), at most FEW_ROWS rows
+    W = torch.randn(shape[-1], 96)
+    with torch.no_grad():
+        fast = matmul(x, W)
+    assert bmm_calls, "a few rows without gradients should take the split path"
+    assert fast.shape == (*shape[:-1], 96)
+    assert err(fast, x @ W) <= 1e-4  # same sum, grouped differently (values ~ sqrt(d_in))
+
+
+def test_matmul_keeps_the_plain_product_for_training_and_big_batches(threads, bmm_calls):
+    threads(2)
+    W = torch.randn(64, 32)
+    big = torch.randn(FEW_ROWS + 1, 64)
+    with torch.no_grad():
+        assert torch.equal(matmul(big, W), big @ W)
+    small = torch.randn(2, 64)
+    assert torch.equal(matmul(small, W), small @ W)  # gradients on: the plain product
+    threads(1)
+    with torch.no_grad():
+        assert torch.equal(matmul(small, W), small @ W)  # one thread: nothing to spread
+    assert not bmm_calls
+
+
+def test_unembed_fast_path_follows_every_change_of_W_E(threads, bmm_calls):
+    threads(2)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny")).eval()
+    x = torch.randn(3, 1, model.cfg.d_model)
+    with torch.no_grad():
+        assert err(model.unembed(x), x @ model.embed.W_E.T) <= 1e-5
+        assert bmm_calls
+        first_copy = model.unembed.contiguous_W_U()
+        assert first_copy is model.unembed.contiguous_W_U()  # kept while W_E is unchanged
+    # a training step changes W_E in place: the copy must be remade
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model.loss(torch.randint(0, 100, (2, 8)), torch.randint(0, 100, (2, 8))).backward()
+    opt.step()
+    with torch.no_grad():
+        assert err(model.unembed(x), x @ model.embed.W_E.T) <= 1e-5
+        assert model.unembed.contiguous_W_U() is not first_copy
+        model.embed.W_E.mul_(2)  # any in-place change
+        assert err(model.unembed(x), x @ model.embed.W_E.T) <= 1e-5
+    with torch.inference_mode():  # as in generation
+        assert err(model.unembed(x), x @ model.embed.W_E.T) <= 1e-5
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])
