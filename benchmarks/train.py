@@ -10,9 +10,10 @@ Shakespeare windows.
 Each *variant* (``transformers``, gpt2lab's defaults, gpt2lab with one
 technique switched off, ...) takes one step in turn, round after round, in one
 process, so that the load of a shared machine falls on all of them alike;
-figures are medians over the rounds.  Each round also times a large fp32
-``torch.mm`` loop: the machine's own matmul peak, against which MFU is
-``flops_per_token * tokens/s / peak``.
+figures are medians over the rounds.  Each round also times a large
+``torch.mm`` loop in each matmul dtype in use (fp32, and bf16 where gpt2lab's
+autocast picks it): the machine's own matmul peak, against which a variant's
+MFU is ``flops_per_token * tokens/s / peak of its dtype``.
 
 Peak RSS cannot be split between variants of one process, so each variant
 is also run for one step (which allocates the gradients and the AdamW state) in a subprocess of its own (``--rss``).
@@ -33,7 +34,7 @@ import time
 
 import torch
 
-from gpt2lab.hardware import physical_cores
+from gpt2lab.hardware import autocast_dtype, physical_cores
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.train import TrainConfig, loss_function, make_optimizer
 
@@ -49,6 +50,7 @@ ABLATIONS = {
     "AdamW foreach": dict(adamw="foreach"),
     "plain attention": dict(fast_attention=False),
     "1 thread": dict(threads=1),
+    "fp32 (autocast off)": dict(autocast="off"),
 }
 TRANSFORMERS = "transformers"
 OURS = "gpt2lab"
@@ -62,7 +64,7 @@ def shakespeare_batch(batch: int, n_ctx: int, seed: int = 0) -> tuple[torch.Tens
 
     shards = prepare_tokens(parse_source("shakespeare"), load_tokenizer("gpt2"), progress=False)
     sampler = WindowSampler(len(shards.train), n_ctx, batch, seed)
-    return get_batch(shards.train, sampler.next_starts(), n_ctx, "cpu")
+    return get_batch(shards.train, sampler.next_step()[0], n_ctx, "cpu")
 
 
 def ours_step(cfg: GPTConfig, overrides: dict):
@@ -85,7 +87,8 @@ def ours_step(cfg: GPTConfig, overrides: dict):
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    return step, tcfg.threads or physical_cores(), model.flops_per_token()
+    dtype = autocast_dtype(device, tcfg.autocast) or torch.float32  # what its matmuls compute in
+    return step, tcfg.threads or physical_cores(), model.flops_per_token(), dtype
 
 
 def transformers_step(cfg: GPTConfig):
@@ -108,7 +111,7 @@ def transformers_step(cfg: GPTConfig):
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    return step, physical_cores(), None
+    return step, physical_cores(), None, torch.float32
 
 
 def make_step(name: str, cfg: GPTConfig, overrides: dict | None):
@@ -139,7 +142,7 @@ def rss_child(spec: dict) -> None:
     batch, n_ctx = spec["batch"], SETTINGS[spec["preset"]][1]
     cfg = GPTConfig.from_preset(spec["preset"], n_ctx=n_ctx)
     x, y = shakespeare_batch(batch, n_ctx)
-    step, threads, _ = make_step(spec["variant"], cfg, spec["overrides"])
+    step, threads, _, _ = make_step(spec["variant"], cfg, spec["overrides"])
     torch.set_num_threads(threads)
     for _ in range(spec["steps"]):
         step(x, y)
@@ -167,51 +170,57 @@ def run_preset(preset: str = "mini", rounds: int = 3, variants: dict[str, dict |
     steps = {name: make_step(name, cfg, ov) for name, ov in variants.items()}
     times = {name: [] for name in variants}
     losses = {name: [] for name in variants}
-    peaks = []
-    for name, (step, threads, _) in steps.items():  # warm-up (allocations, optimizer state)
+    peaks = {dtype: [] for *_, dtype in steps.values()}  # the matmul peak of each dtype in use
+    for name, (step, threads, *_) in steps.items():  # warm-up (allocations, optimizer state)
         torch.set_num_threads(threads)
         losses[name].append(step(x, y))
     for r in range(rounds):
         torch.set_num_threads(physical_cores())
-        peaks.append(matmul_peak())
-        for name, (step, threads, _) in steps.items():
+        for dtype in peaks:
+            peaks[dtype].append(matmul_peak(dtype=dtype))
+        for name, (step, threads, *_) in steps.items():
             torch.set_num_threads(threads)
             t = time.perf_counter()
             losses[name].append(step(x, y))
             times[name].append(time.perf_counter() - t)
         log(f"  {preset} round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" for n in times))
-    peak = statistics.median(peaks)
+    peak = {dtype: statistics.median(p) for dtype, p in peaks.items()}
     tokens = batch * n_ctx
     base = statistics.median(times[TRANSFORMERS]) if TRANSFORMERS in times else None
     rows = []
-    for name, (step, threads, flops_per_token) in steps.items():
+    for name, (step, threads, flops_per_token, dtype) in steps.items():
         ms = statistics.median(times[name]) * 1e3
         row = {"preset": preset, "batch": batch, "n_ctx": n_ctx, "variant": name, "threads": threads,
+               "dtype": str(dtype).removeprefix("torch."),
                "ms_per_step": round(ms, 1), "tokens_per_s": round(tokens / ms * 1e3, 1),
                "speedup_vs_transformers": round(base * 1e3 / ms, 2) if base else None,
                "ms_per_step_all": [round(t * 1e3, 1) for t in times[name]],
                "loss_first": round(losses[name][0], 5), "loss_last": round(losses[name][-1], 5)}
         if flops_per_token is not None:
-            row["mfu"] = round(flops_per_token * tokens / (ms / 1e3) / peak, 3)
+            row["mfu"] = round(flops_per_token * tokens / (ms / 1e3) / peak[dtype], 3)  # against its dtype's peak
         if rss:
             row["peak_rss_mib"] = round(peak_rss(preset, batch, name, variants[name]))
         rows.append(row)
-    return {"preset": preset, "matmul_peak_gflops": round(peak / 1e9, 1),
-            "matmul_peak_gflops_all": [round(p / 1e9, 1) for p in peaks], "rows": rows}
+    name = lambda dtype: str(dtype).removeprefix("torch.")
+    return {"preset": preset, "matmul_peak_gflops": {name(d): round(p / 1e9, 1) for d, p in peak.items()},
+            "matmul_peak_gflops_all": {name(d): [round(x / 1e9, 1) for x in p] for d, p in peaks.items()},
+            "rows": rows}
 
 
 def table(result: dict) -> str:
     results = result["presets"]
-    lines = ["| preset | batch×ctx | variant | ms/step | tokens/s | × transformers | MFU | peak RSS MiB |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| preset | batch×ctx | variant | matmul dtype | ms/step | tokens/s | × transformers | MFU | peak RSS MiB |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for res in results:
         for r in res["rows"]:
             mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "–"
             speed = f"{r['speedup_vs_transformers']:.2f}" if r["speedup_vs_transformers"] else "–"
-            lines.append(f"| {r['preset']} | {r['batch']}×{r['n_ctx']} | {r['variant']} | {r['ms_per_step']:.0f} | "
+            lines.append(f"| {r['preset']} | {r['batch']}×{r['n_ctx']} | {r['variant']} | {r['dtype']} | {r['ms_per_step']:.0f} | "
                          f"{r['tokens_per_s']:,.0f} | {speed} | {mfu} | {r.get('peak_rss_mib', '–')} |")
-    peaks = ", ".join(f"{res['preset']}: {res['matmul_peak_gflops']} GFLOP/s" for res in results)
-    lines.append(f"\nfp32 matmul peak measured alongside ({physical_cores()} threads): {peaks}")
+    peaks = "; ".join(f"{res['preset']} rounds: " + ", ".join(f"{d} {g} GFLOP/s" for d, g in res["matmul_peak_gflops"].items())
+                      for res in results)
+    lines.append(f"\nmatmul peak measured alongside ({physical_cores()} threads; MFU is against the peak of the "
+                 f"variant's matmul dtype): {peaks}")
     return "\n".join(lines)
 
 

@@ -21,22 +21,9 @@ from gpt2lab.checkpoint import MODEL_META, latest_checkpoint, load_model
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPT, GPTConfig
 
-from conftest import ROOT, Booby
-
-WORDS = ("the king is dead long live the queen my lord what news from rome "
-         "speak soft the night is young and full of stars").split()
+from conftest import ROOT, WORDS, Booby  # and the `corpus` fixture
 
 EVERY = 3  # --checkpoint-every of the crash runs
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small text corpus (about 60k tokens), fast to tokenize."""
-    g = random.Random(0)
-    lines = [" ".join(g.choice(WORDS) for _ in range(8)) for _ in range(6000)]
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

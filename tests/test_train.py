@@ -272,16 +272,29 @@ def test_char_tokenizer_is_built_from_the_corpus_and_saved(corpus, tmp_path):
 PLAIN_PATH = dict(loss_chunk=0, adamw="loop", autocast="off")
 
 
-def test_fast_path_keeps_the_loss_curve_of_the_plain_path(corpus, tmp_path):
-    """The defaults (chunked loss, fused AdamW, autocast where native) learn what the plain path learns."""
-    fast = T.train(cfg(corpus, tmp_path / "fast"), tiny_model(), log=quiet)
-    plain = T.train(cfg(corpus, tmp_path / "plain", **PLAIN_PATH), tiny_model(), log=quiet)
+def loss_curve_gap(corpus, tmp_path, fast_settings: dict) -> float:
+    """Train the same seed with ``fast_settings`` and with the plain fp32 path;
+    return the largest difference of train or validation loss at any step."""
+    T.train(cfg(corpus, tmp_path / "fast", **fast_settings), tiny_model(), log=quiet)
+    T.train(cfg(corpus, tmp_path / "plain", **PLAIN_PATH), tiny_model(), log=quiet)
     a, b = losses(tmp_path / "fast"), losses(tmp_path / "plain")
     assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert any("val_loss" in r for r in a)
     diffs = [abs(ra[k] - rb[k]) for ra, rb in zip(a, b) for k in ("loss", "val_loss") if k in ra]
-    print(f"max loss difference fast vs plain over {len(a)} steps: {max(diffs):.2e}")
-    assert max(diffs) < 1e-4
-    assert fast.metrics["val_loss"] == pytest.approx(plain.metrics["val_loss"], abs=1e-4)
+    print(f"{fast_settings}: max loss difference against the plain path over {len(a)} steps: {max(diffs):.2e}")
+    return max(diffs)
+
+
+def test_fast_path_keeps_the_loss_curve_of_the_plain_path(corpus, tmp_path):
+    """In fp32 the fast path (chunked loss, fused AdamW) learns what the plain path learns, to rounding."""
+    assert loss_curve_gap(corpus, tmp_path, dict(autocast="off")) < 1e-4
+
+
+def test_bf16_autocast_keeps_the_loss_curve(corpus, tmp_path):
+    """The default on CPUs with native bf16 (and on CUDA): bf16 matmuls, fp32 weights and
+    optimizer.  bf16 keeps 8 bits of mantissa (relative rounding 0.4%), so the curve moves by
+    rounding, far less than one step of learning changes it (about 0.3 nats per step here)."""
+    assert loss_curve_gap(corpus, tmp_path, dict(autocast="bf16")) < 2e-2
 
 
 @pytest.mark.parametrize("impl", ["fused", "foreach"])

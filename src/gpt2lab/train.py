@@ -503,13 +503,7 @@ def trim_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    write_json_lines(path, keep)
-
-
-def write_json_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(l + "\n" for l in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, "".join(line + "\n" for line in keep).encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------
