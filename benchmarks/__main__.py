@@ -1,15 +1,19 @@
-"""``python -m benchmarks``: run every benchmark, print the tables and save them.
+"""``python -m benchmarks``: run every benchmark, each in a fresh process, print the tables and save them.
 ``python -m benchmarks NAME [ARGS]``: run the benchmark module ``benchmarks.NAME`` alone."""
 
+import concurrent.futures
 import importlib
 import importlib.util
 import json
+import multiprocessing
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+import benchmarks
 
 BENCHMARKS = ["train", "shards", "generate"]  # run by `python -m benchmarks`, in this order
 RESULTS = Path(__file__).parent / "results"
@@ -19,10 +23,13 @@ def available() -> list[str]:
     return [name for name in BENCHMARKS if importlib.util.find_spec(f"benchmarks.{name}") is not None]
 
 
-def as_table(result: dict) -> str:
-    """A two-column table for a benchmark module without a ``table()`` of its own."""
-    rows = [f"| {k} | {v} |" for k, v in result.items() if not isinstance(v, (dict, list))]
-    return "| figure | value |\n|---|---|\n" + "\n".join(rows)
+def run_in_fresh_process(name: str) -> dict:
+    """``benchmarks.NAME.run()`` in a process of its own, so that what one
+    benchmark leaves behind (gigabytes of freed memory, warm caches, thread
+    pools) cannot slow down or speed up the next."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(benchmarks.run_module, name).result()  # (a worker cannot import __main__'s functions)
 
 
 def run_all() -> None:
@@ -35,12 +42,11 @@ def run_all() -> None:
     sections, figures = [f"# gpt2lab benchmarks, {stamp}\n\n{machine}\n"], {"machine": machine}
     start = time.monotonic()
     for name in available():
-        module = importlib.import_module(f"benchmarks.{name}")
         t = time.monotonic()
-        print(f"{name} ...", file=sys.stderr)
-        result = module.run(log=lambda s: print(s, file=sys.stderr)) if name != "generate" else module.run()
+        print(f"{name} ...", file=sys.stderr, flush=True)
+        result = run_in_fresh_process(name)
         figures[name] = result
-        table = module.table(result) if hasattr(module, "table") else as_table(result)
+        table = importlib.import_module(f"benchmarks.{name}").table(result)
         sections.append(f"## {name} ({time.monotonic() - t:.0f} s)\n\n{table}\n")
     sections.append(f"total {time.monotonic() - start:.0f} s")
     text = "\n".join(sections)
@@ -51,9 +57,10 @@ def run_all() -> None:
     print(f"\nwritten: {RESULTS / stamp}.md and .json", file=sys.stderr)
 
 
-if len(sys.argv) < 2:
-    run_all()
-elif sys.argv[1] in available():
-    importlib.import_module(f"benchmarks.{sys.argv[1]}").main(sys.argv[2:])
-else:
-    sys.exit(f"usage: python -m benchmarks [{{{','.join(available())}}} [ARGS]]")
+if __name__ == "__main__":  # not when a spawned worker re-imports this module
+    if len(sys.argv) < 2:
+        run_all()
+    elif sys.argv[1] in available():
+        importlib.import_module(f"benchmarks.{sys.argv[1]}").main(sys.argv[2:])
+    else:
+        sys.exit(f"usage: python -m benchmarks [{{{','.join(available())}}} [ARGS]]")

@@ -9,6 +9,7 @@ process so that machine load hits both alike; the median of the repeats is
 reported.  The context is widened to prompt + new tokens where the preset's
 is shorter, since ``transformers`` cannot go past it.  Timed: prompt prefill + all new tokens (ids only, no text decoding).
 
+    python -m benchmarks.generate                       # mini and gpt2, batch 1 and 8
     python -m benchmarks.generate --preset mini --batch 1
 """
 
@@ -37,8 +38,33 @@ def hf_twin(model: GPT):
     return hf
 
 
-def run(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_len: int = 16,
-        repeats: int = 3, threads: int | None = None) -> dict:
+def run(presets: tuple[str, ...] = ("mini", "gpt2"), batches: tuple[int, ...] = (1,), log=print, **settings) -> dict:
+    """Every (preset, batch) of the grid: see :func:`run_one`."""
+    runs = []
+    for preset in presets:
+        for batch in batches:
+            runs.append(run_one(preset, batch, **settings))
+            r = runs[-1]
+            log(f"  {preset} batch {batch}: gpt2lab {r['gpt2lab_tokens_per_sec']:.1f} tok/s, "
+                f"transformers {r['transformers_tokens_per_sec']:.1f} tok/s, same tokens: {r['same_tokens']}")
+    return {"runs": runs}
+
+
+def table(result: dict) -> str:
+    lines = ["| preset | batch | gpt2lab tokens/s | transformers tokens/s | × transformers | same tokens | unembed alone tokens/s |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for r in result["runs"]:
+        lines.append(f"| {r['preset']} | {r['batch']} | {r['gpt2lab_tokens_per_sec']:,.1f} | "
+                     f"{r['transformers_tokens_per_sec']:,.1f} | {r['speedup']:.2f} | {r['same_tokens']} | "
+                     f"{r['unembed_only_tokens_per_sec']:,.1f} |")
+    r = result["runs"][0]
+    lines.append(f"\ngreedy, {r['new_tokens']} new tokens after a {r['prompt_len']}-token prompt, fp32, "
+                 f"{r['threads']} threads, median of {r['repeats']} alternating repeats")
+    return "\n".join(lines)
+
+
+def run_one(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_len: int = 16,
+            repeats: int = 3, threads: int | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -95,14 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
-    for preset in args.preset:
-        for batch in args.batch:
-            r = run(preset, batch, args.new_tokens, args.prompt_len, args.repeats, args.threads)
-            print(f"{preset:6s} batch {batch}: gpt2lab {r['gpt2lab_tokens_per_sec']:8.1f} tok/s | "
-                  f"transformers {r['transformers_tokens_per_sec']:8.1f} tok/s | {r['speedup']:.2f}x | "
-                  f"same tokens: {r['same_tokens']} | unembed alone {r['unembed_only_tokens_per_sec']:.1f} tok/s",
-                  flush=True)
-            print(json.dumps(r), flush=True)
+    result = run(tuple(args.preset), tuple(args.batch), new_tokens=args.new_tokens, prompt_len=args.prompt_len,
+                 repeats=args.repeats, threads=args.threads)
+    print(table(result))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ class _NoBar:
         pass
 
 
-def run(rounds: int = 5, log=print) -> dict:
+def run(rounds: int = 9, log=print) -> dict:
     from gpt2lab.data import _write_documents, iter_pieces, parse_source, token_dtype
     from gpt2lab.tokenizer import load_tokenizer
 
@@ -68,7 +68,7 @@ def table(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.shards", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=9)
     r = run(p.parse_args(argv).rounds)
     print(table(r))
     print(json.dumps(r, indent=1))
