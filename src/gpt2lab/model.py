@@ -472,9 +472,9 @@ class Unembed(nn.Module):
     one matrix.  But a matrix-vector product read through that view strides
     across memory and runs about 3x slower on a CPU than on a contiguous
     ``(d_model, d_vocab)`` matrix.  Generation does one such product per
-    token, and it is most of a small model's work, so without gradients a
-    few rows are multiplied by a contiguous copy, made once and kept until
-    ``W_E`` changes (it costs the memory of a second ``W_E``)."""
+    token, and it is most of a small model's work, so on a CPU, without
+    gradients, a few rows are multiplied by a contiguous copy, made once and
+    kept until ``W_E`` changes (it costs the memory of a second ``W_E``)."""
 
     def __init__(self, embed: Embed):
         super().__init__()
@@ -498,7 +498,9 @@ class Unembed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, pos, d_model)
-        if torch.is_grad_enabled() or x.numel() // x.shape[-1] > FEW_ROWS or self.embed[0].W_E.is_inference():
+        W_E = self.embed[0].W_E
+        if torch.is_grad_enabled() or x.numel() // x.shape[-1] > FEW_ROWS or W_E.device.type != "cpu" \
+                or W_E.is_inference():
             return x @ self.W_U  # (batch, pos, d_vocab)
         return matmul(x, self.contiguous_W_U())  # (batch, pos, d_vocab), generation's fast path
 
