@@ -178,7 +178,7 @@ def test_sample_is_the_short_form():
     ("repetition_penalty", 0.0), ("stop", ("",)),
 ])
 def test_sampling_config_rejects_bad_values(field, value):
-    with pytest.raises(UserError, match=field.split("_")[0]):
+    with pytest.raises(UserError, match="--" + field.replace("_", "-")):  # the CLI flag, as the user typed it
         SamplingConfig(**{field: value})
     SamplingConfig(greedy=True, temperature=0.0)  # temperature is unused when greedy
 
@@ -205,10 +205,10 @@ def test_cli_generate_json_and_long_prompt(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--temperature", "0"], "temperature"),
-    (["--top-p", "1.5"], "top_p"),
-    (["--top-k", "0"], "top_k"),
-    (["--num-samples", "0"], "num_samples"),
+    (["--temperature", "0"], "--temperature"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--top-k", "0"], "--top-k"),
+    (["--num-samples", "0"], "--num-samples"),
 ])
 def test_cli_generate_bad_input(tiny_model_dir, flags, fragment):
     assert_user_error(run_cli("generate", "--model", tiny_model_dir, *flags), fragment)

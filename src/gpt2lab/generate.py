@@ -70,7 +70,8 @@ MAX_SAMPLES = 64  # cap on --num-samples (they run as one batch)
 
 @dataclass
 class SamplingConfig:
-    """How to choose each next token, and when to stop."""
+    """How to choose each next token, and when to stop.  Each field is a flag of
+    ``gpt2lab generate`` (``top_k`` is ``--top-k``), and errors name the flag."""
 
     max_new_tokens: int = 200  # stop after this many new tokens (1 .. 100,000)
     temperature: float = 1.0  # > 0; ignored when greedy
@@ -86,19 +87,19 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise UserError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {self.max_new_tokens}")
+            raise UserError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {self.max_new_tokens}")
         if not 1 <= self.num_samples <= MAX_SAMPLES:
-            raise UserError(f"num_samples must be between 1 and {MAX_SAMPLES}, got {self.num_samples}")
+            raise UserError(f"--num-samples must be between 1 and {MAX_SAMPLES}, got {self.num_samples}")
         if not self.greedy and not self.temperature > 0:
-            raise UserError(f"temperature must be > 0, got {self.temperature}; use greedy for deterministic output")
+            raise UserError(f"--temperature must be > 0, got {self.temperature}; use --greedy for deterministic output")
         if self.top_k is not None and self.top_k < 1:
-            raise UserError(f"top_k must be at least 1, got {self.top_k}; leave it unset to keep every token")
+            raise UserError(f"--top-k must be at least 1, got {self.top_k}; leave it unset to keep every token")
         if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}; 1 keeps every token")
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}; 1 keeps every token")
         if not self.repetition_penalty > 0:
-            raise UserError(f"repetition_penalty must be > 0, got {self.repetition_penalty}; 1 turns it off")
+            raise UserError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}; 1 turns it off")
         if any(not s for s in self.stop):
-            raise UserError("stop strings must not be empty")
+            raise UserError("--stop strings must not be empty")
 
 
 @dataclass
