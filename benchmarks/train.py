@@ -114,6 +114,10 @@ def transformers_step(cfg: GPTConfig):
     return step, physical_cores(), None, torch.float32
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")  # torch.bfloat16 -> bfloat16
+
+
 def make_step(name: str, cfg: GPTConfig, overrides: dict | None):
     return transformers_step(cfg) if name == TRANSFORMERS else ours_step(cfg, overrides or {})
 
@@ -191,7 +195,7 @@ def run_preset(preset: str = "mini", rounds: int = 3, variants: dict[str, dict |
     for name, (step, threads, flops_per_token, dtype) in steps.items():
         ms = statistics.median(times[name]) * 1e3
         row = {"preset": preset, "batch": batch, "n_ctx": n_ctx, "variant": name, "threads": threads,
-               "dtype": str(dtype).removeprefix("torch."),
+               "dtype": dtype_name(dtype),
                "ms_per_step": round(ms, 1), "tokens_per_s": round(tokens / ms * 1e3, 1),
                "speedup_vs_transformers": round(base * 1e3 / ms, 2) if base else None,
                "ms_per_step_all": [round(t * 1e3, 1) for t in times[name]],
@@ -201,9 +205,8 @@ def run_preset(preset: str = "mini", rounds: int = 3, variants: dict[str, dict |
         if rss:
             row["peak_rss_mib"] = round(peak_rss(preset, batch, name, variants[name]))
         rows.append(row)
-    name = lambda dtype: str(dtype).removeprefix("torch.")
-    return {"preset": preset, "matmul_peak_gflops": {name(d): round(p / 1e9, 1) for d, p in peak.items()},
-            "matmul_peak_gflops_all": {name(d): [round(x / 1e9, 1) for x in p] for d, p in peaks.items()},
+    return {"preset": preset, "matmul_peak_gflops": {dtype_name(d): round(p / 1e9, 1) for d, p in peak.items()},
+            "matmul_peak_gflops_all": {dtype_name(d): [round(x / 1e9, 1) for x in p] for d, p in peaks.items()},
             "rows": rows}
 
 

@@ -196,7 +196,13 @@ class HookPoint(nn.Module):
 # One matrix product, with a fast path for generation
 # ---------------------------------------------------------------------------
 
-FEW_ROWS = 8  # at most this many rows of x take the split path of `matmul`
+FEW_ROWS = 8  # at most this many rows of x take the fast paths of `matmul` and `Unembed`
+
+
+def generation_shaped(x: torch.Tensor) -> bool:
+    """True for a few rows on a CPU without gradients: generation's one new
+    position per sequence, where a product is limited by reading the weights."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and x.numel() // x.shape[-1] <= FEW_ROWS
 
 
 def matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -219,7 +225,7 @@ def matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     p = 2 * threads if threads > 1 else 1  # two blocks per core balance the load
     while d_in % p:  # blocks of equal width (p = 1, the plain product, always divides)
         p -= 1
-    if p == 1 or rows > FEW_ROWS or x.device.type != "cpu" or torch.is_grad_enabled() or W.stride(-1) != 1:
+    if p == 1 or not generation_shaped(x) or W.stride(-1) != 1:
         return x @ W  # the plain product
     blocks = x.reshape(rows, p, d_in // p).transpose(0, 1)  # (p, rows, d_in / p)
     out = torch.bmm(blocks, W.view(p, d_in // p, -1)).sum(0)  # (rows, d_out)
@@ -498,9 +504,7 @@ class Unembed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, pos, d_model)
-        W_E = self.embed[0].W_E
-        if torch.is_grad_enabled() or x.numel() // x.shape[-1] > FEW_ROWS or W_E.device.type != "cpu" \
-                or W_E.is_inference():
+        if not generation_shaped(x) or self.embed[0].W_E.is_inference():  # (no version counter to key a copy on)
             return x @ self.W_U  # (batch, pos, d_vocab)
         return matmul(x, self.contiguous_W_U())  # (batch, pos, d_vocab), generation's fast path
 
