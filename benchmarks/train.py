@@ -36,7 +36,7 @@ import torch
 
 from gpt2lab.hardware import autocast_dtype, physical_cores
 from gpt2lab.model import GPT, GPTConfig
-from gpt2lab.train import TrainConfig, loss_function, make_optimizer
+from gpt2lab.recipe import TrainConfig, loss_function, make_optimizer
 
 # preset -> (batch, context): mini is the classic demo setting; gpt2 (124M) a small batch to stay short
 SETTINGS = {"mini": (32, 256), "gpt2": (4, 128)}
@@ -60,7 +60,7 @@ def shakespeare_batch(batch: int, n_ctx: int, seed: int = 0) -> tuple[torch.Tens
     """``batch`` random windows of the Shakespeare training tokens: inputs and targets ``(batch, n_ctx)``."""
     from gpt2lab.data import parse_source, prepare_tokens
     from gpt2lab.tokenizer import load_tokenizer
-    from gpt2lab.train import WindowSampler, get_batch
+    from gpt2lab.batches import WindowSampler, get_batch
 
     shards = prepare_tokens(parse_source("shakespeare"), load_tokenizer("gpt2"), progress=False)
     sampler = WindowSampler(len(shards.train), n_ctx, batch, seed)

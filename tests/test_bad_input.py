@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from gpt2lab import cli
+from gpt2lab import runs
 from gpt2lab import train as T
 from gpt2lab.checkpoint import MODEL_META, hf_config, latest_checkpoint
 from gpt2lab.model import GPTConfig
@@ -152,7 +153,7 @@ def workspace(tmp_path_factory):
         shutil.copytree(run, w / name)
     foreign = latest_checkpoint(w / "run-foreign") / MODEL_META
     foreign.write_text(json.dumps({**meta, "model": {**meta["model"], "d_model": 128}}))
-    state_path = latest_checkpoint(w / "run-pickle") / T.STATE_FILE
+    state_path = latest_checkpoint(w / "run-pickle") / runs.STATE_FILE
     state = torch.load(state_path, weights_only=True)
     torch.save({**state, "x": Booby(w / "PWNED")}, state_path)
     return w

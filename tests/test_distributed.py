@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gpt2lab import distributed as D
+from gpt2lab import batches, hardware, runs
 from gpt2lab import train as T
 from gpt2lab.checkpoint import latest_checkpoint, load_model
 from gpt2lab.errors import UserError
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("token_cache")
 def test_ranks_get_disjoint_windows_in_epoch_mode():
     """2 ranks x 3 windows x 2 micro-steps = 12 windows a step; 24 windows
     make an epoch of 2 steps, in which every window is seen once, by one rank."""
-    samplers = [T.WindowSampler(16 * 24 + 1, 16, 3, seed=1, epoch_mode=True, rank=r, world_size=2, grad_accum=2)
+    samplers = [batches.WindowSampler(16 * 24 + 1, 16, 3, seed=1, epoch_mode=True, rank=r, world_size=2, grad_accum=2)
                 for r in (0, 1)]
     seen = [[], []]
     for _ in range(2):
@@ -43,8 +44,8 @@ def test_ranks_get_disjoint_windows_in_epoch_mode():
 def test_global_batch_does_not_depend_on_the_split(epoch_mode):
     """One process with batch 8 and two ranks with batch 2 and 2 micro-steps
     train on the very same windows each step, and end in the same state."""
-    one = T.WindowSampler(16 * 20 + 1, 16, 8, seed=4, epoch_mode=epoch_mode)
-    split = [T.WindowSampler(16 * 20 + 1, 16, 2, seed=4, epoch_mode=epoch_mode, rank=r, world_size=2, grad_accum=2)
+    one = batches.WindowSampler(16 * 20 + 1, 16, 8, seed=4, epoch_mode=epoch_mode)
+    split = [batches.WindowSampler(16 * 20 + 1, 16, 2, seed=4, epoch_mode=epoch_mode, rank=r, world_size=2, grad_accum=2)
              for r in (0, 1)]
     for _ in range(7):  # several epochs of 20 windows
         (whole,) = one.next_step()
@@ -80,7 +81,7 @@ def test_two_processes_match_one_and_resume_across_process_counts(corpus, tmp_pa
               "--min-lr", "0.01", "--eval-every", "2", "--eval-batches", "2", "--checkpoint-every", "2",
               "--sample-tokens", "0", "--progress", "false", "--seed", "5", "--device", "cpu", "--autocast", "off"]
     # In this process: the reference, and the one-process middle part (saves starting Python twice).
-    quiet = dict(log=T.quiet)
+    quiet = dict(log=runs.quiet)
     T.train(T.TrainConfig(data=str(corpus), warmup_steps=0, lr=0.01, min_lr=0.01, eval_every=2, eval_batches=2,
                           checkpoint_every=2, sample_tokens=0, progress=False, seed=5, device="cpu", batch_size=4,
                           max_steps=6, out=str(tmp_path / "one"), autocast="off"),
@@ -141,16 +142,16 @@ def test_a_dead_rank_stops_the_job_and_the_run_resumes(corpus, tmp_path):
     assert "Traceback" not in err
     step = int(latest_checkpoint(run).name[5:])
     result = T.train(T.TrainConfig(), resume=run, train_overrides=dict(batch_size=4, max_steps=step + 1),
-                     log=T.quiet)
+                     log=runs.quiet)
     assert result.step == step + 1
 
 
 def test_resume_keeps_the_global_batch(corpus, tmp_path):
     saved = T.TrainConfig(batch_size=4, grad_accum=2)
-    T.check_global_batch(saved, 1, T.TrainConfig(batch_size=2, grad_accum=2), 2, tmp_path)  # 4x1x2 = 2x2x2
-    T.check_global_batch(saved, 1, T.TrainConfig(batch_size=1, grad_accum=4), 2, tmp_path)
+    runs.check_global_batch(saved, 1, T.TrainConfig(batch_size=2, grad_accum=2), 2, tmp_path)  # 4x1x2 = 2x2x2
+    runs.check_global_batch(saved, 1, T.TrainConfig(batch_size=1, grad_accum=4), 2, tmp_path)
     with pytest.raises(UserError, match="global batch was 8 sequences"):
-        T.check_global_batch(saved, 1, T.TrainConfig(batch_size=4, grad_accum=2), 2, tmp_path)
+        runs.check_global_batch(saved, 1, T.TrainConfig(batch_size=4, grad_accum=2), 2, tmp_path)
 
 
 def test_backend_and_device_choice():
@@ -158,8 +159,8 @@ def test_backend_and_device_choice():
     assert D.pick_backend("auto", cpu) == "gloo" and D.pick_backend("gloo", cpu) == "gloo"
     with pytest.raises(UserError, match="nccl needs CUDA"):
         D.pick_backend("nccl", cpu)
-    assert T.resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    assert T.resolve_device("cpu", local_rank=1) == cpu
+    assert hardware.resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert hardware.resolve_device("cpu", local_rank=1) == cpu
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import forked_cli
+from gpt2lab import runs
 from gpt2lab import train as T
 from gpt2lab.checkpoint import MODEL_META, latest_checkpoint, load_model
 from gpt2lab.errors import UserError
@@ -126,7 +127,7 @@ def test_sigkill_at_random_moments_loses_at_most_one_checkpoint_interval(corpus,
         done, torn = logged_step(run), bool(pending_writes(run))
         ckpt = latest_checkpoint(run)
         assert ckpt is not None, f"kill {i + 1}: no checkpoint survived"
-        state = torch.load(ckpt / T.STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt / runs.STATE_FILE, map_location="cpu", weights_only=True)
         assert state["step"] == step_of(ckpt)
         load_model(ckpt)  # the weights and model.json are complete
         lost = done - step_of(ckpt)
@@ -221,7 +222,7 @@ def test_a_checkpoint_that_cannot_be_written_fails_clearly_and_keeps_the_last_on
     assert f"gpt2lab train --resume {run}" in error
     assert tree_digest(run / "checkpoints") == before  # nothing half-written left behind, nothing lost
     load_model(run)
-    state = torch.load(latest_checkpoint(run) / T.STATE_FILE, weights_only=True)
+    state = torch.load(latest_checkpoint(run) / runs.STATE_FILE, weights_only=True)
     assert state["step"] == EVERY
 
 
@@ -267,15 +268,15 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(small_run, tmp
     run = copy_run(small_run, tmp_path / "run")
     ckpt = latest_checkpoint(run)
     marker = tmp_path / "pwned"
-    state = torch.load(ckpt / T.STATE_FILE, weights_only=True)
+    state = torch.load(ckpt / runs.STATE_FILE, weights_only=True)
     state["payload"] = Booby(marker)
-    torch.save(state, ckpt / T.STATE_FILE)
+    torch.save(state, ckpt / runs.STATE_FILE)
     with pytest.raises(UserError, match="refusing to load .*training_state.pt: it calls io.open when loaded"):
         T.train(T.TrainConfig(), resume=run, log=lambda *a: None)
     assert not marker.exists()
     with pytest.raises(pickle.UnpicklingError):  # the same file, unpickled without the guard, does run code
-        torch.load(ckpt / T.STATE_FILE, weights_only=True)
-    torch.load(ckpt / T.STATE_FILE, weights_only=False)
+        torch.load(ckpt / runs.STATE_FILE, weights_only=True)
+    torch.load(ckpt / runs.STATE_FILE, weights_only=False)
     assert marker.exists()
 
 

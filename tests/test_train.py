@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from gpt2lab import batches, recipe, runs
 from gpt2lab import train as T
 from gpt2lab.checkpoint import latest_checkpoint, load_model
 from gpt2lab.errors import UserError
@@ -56,37 +57,37 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 
 def test_weight_decay_on_matrices_only():
     model = GPT(tiny_model())
-    decay, no_decay = T.param_groups(model, T.TrainConfig())
+    decay, no_decay = recipe.param_groups(model, T.TrainConfig())
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert "blocks.0.attn.W_Q" in decayed and "blocks.0.mlp.W_in" in decayed
     assert not any(n.endswith((".b", ".w")) or ".b_" in n for n in decayed)
     assert "embed.W_E" not in decayed and "pos_embed.W_pos" not in decayed
-    decay2, _ = T.param_groups(model, T.TrainConfig(decay_embeddings=True))
+    decay2, _ = recipe.param_groups(model, T.TrainConfig(decay_embeddings=True))
     assert "embed.W_E" in {names[id(p)] for p in decay2["params"]}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
 def test_epoch_sampler_covers_every_window_once_and_resumes():
-    s = T.WindowSampler(n_tokens=16 * 10 + 1, n_ctx=16, batch_size=3, seed=1, epoch_mode=True)
+    s = batches.WindowSampler(n_tokens=16 * 10 + 1, n_ctx=16, batch_size=3, seed=1, epoch_mode=True)
     seen = torch.cat([s.next_step()[0] for _ in range(10)]).tolist()  # 30 windows = 3 epochs
     for e in range(3):
         assert sorted(seen[10 * e:10 * e + 10]) == [16 * i for i in range(10)]
     assert seen[:10] != seen[10:20]  # each epoch reshuffles
     state = s.state_dict()
     a = [s.next_step()[0].tolist() for _ in range(5)]
-    s2 = T.WindowSampler(16 * 10 + 1, 16, 3, seed=1, epoch_mode=True)
+    s2 = batches.WindowSampler(16 * 10 + 1, 16, 3, seed=1, epoch_mode=True)
     s2.load_state_dict(state)
     assert [s2.next_step()[0].tolist() for _ in range(5)] == a
 
 
 def test_random_sampler_state_round_trips():
-    s = T.WindowSampler(1000, 16, 4, seed=5)
+    s = batches.WindowSampler(1000, 16, 4, seed=5)
     s.next_step()
     state = s.state_dict()
     a = s.next_step()[0]
-    s2 = T.WindowSampler(1000, 16, 4, seed=5)
+    s2 = batches.WindowSampler(1000, 16, 4, seed=5)
     s2.load_state_dict(state)
     assert torch.equal(s2.next_step()[0], a)
 
@@ -144,7 +145,7 @@ def test_checkpoints_are_atomic_and_keep_last_k(corpus, tmp_path):
     T.train(cfg(corpus, run, max_steps=10, checkpoint_every=2, keep_checkpoints=2), tiny_model(), log=quiet)
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["step_00000008", "step_00000010"]  # no temporary directories left
-    state = torch.load(run / "checkpoints" / "step_00000010" / T.STATE_FILE, weights_only=True)
+    state = torch.load(run / "checkpoints" / "step_00000010" / runs.STATE_FILE, weights_only=True)
     assert state["step"] == 10 and "optimizer" in state and "sampler" in state
     # A half-written checkpoint (a crash mid-save) is a hidden temp dir, never picked up.
     (run / "checkpoints" / ".tmp-step_00000012-999").mkdir()
@@ -304,7 +305,7 @@ def test_adamw_implementations_take_the_same_step(impl):
     for choice in ("loop", impl):
         torch.manual_seed(0)
         model = GPT(tiny_model(d_vocab=100))
-        opt = T.make_optimizer(model, T.TrainConfig(adamw=choice))
+        opt = recipe.make_optimizer(model, T.TrainConfig(adamw=choice))
         assert opt.param_groups[0]["fused"] is (True if choice == "fused" else None)
         for _ in range(3):
             if grads is None:
@@ -324,7 +325,7 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_the_loss():
     device = torch.device("cpu")
     values = {}
     for setting in ("off", "bf16"):
-        loss = T.loss_function(model, T.TrainConfig(autocast=setting), device)(x, y)
+        loss = recipe.loss_function(model, T.TrainConfig(autocast=setting), device)(x, y)
         values[setting] = loss.item()
         model.zero_grad()
         loss.backward()

@@ -4,7 +4,7 @@ A **gpt2lab checkpoint** is a directory holding
 
 * ``model.safetensors``: the parameters, under gpt2lab's own names;
 * ``model.json``: ``{"format": "gpt2lab", "model": <GPTConfig>, "tokenizer": <tokenizer description>}``;
-* optionally the training state (see ``train.py``).
+* optionally the training state (see ``runs.py``).
 
 A **run directory** (what ``gpt2lab train`` writes) holds ``checkpoints/``
 with one such directory per saved step; pointing any command at the run

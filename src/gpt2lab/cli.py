@@ -200,7 +200,8 @@ def config_flags(overrides: dict) -> list[str]:
 def launch_train(args, train_over: dict, model_over: dict) -> None:
     """``train --nproc N``: the same command as N data-parallel ranks (torchrun on this machine)."""
     from . import distributed
-    from .train import TrainConfig, default_run_dir
+    from .recipe import TrainConfig
+    from .runs import default_run_dir
 
     if distributed.env_ranks() is not None:
         raise UserError("--nproc cannot be used under torchrun: torchrun already chose the number of processes")
@@ -215,7 +216,8 @@ def launch_train(args, train_over: dict, model_over: dict) -> None:
 
 def run_train(args, train_over: dict, model_over: dict):
     from .model import GPTConfig
-    from .train import DEFAULT_MODEL_OVERRIDES, DEFAULT_PRESET, TrainConfig, train
+    from .recipe import DEFAULT_MODEL_OVERRIDES, DEFAULT_PRESET, TrainConfig
+    from .train import train
 
     if args.resume is not None:
         if args.preset is not None:
@@ -232,7 +234,7 @@ def run_train(args, train_over: dict, model_over: dict):
 def cmd_train(args) -> None:
     from .distributed import lost_rank, stop
     from .model import GPTConfig
-    from .train import TrainConfig
+    from .recipe import TrainConfig
 
     train_over = config_overrides(args, TrainConfig)
     model_over = config_overrides(args, GPTConfig)
@@ -456,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     from .model import GPTConfig
-    from .train import TrainConfig
+    from .recipe import TrainConfig
 
     p = sub.add_parser("train", help="train a GPT-2 (no arguments: the default recipe on Shakespeare)",
                        description="Train a GPT-2. Every TrainConfig and GPTConfig field is a flag.")

@@ -15,7 +15,7 @@ We use PyTorch's own engine, not a home-made one.  What happens, in order:
    optimizer step on the same averaged gradient, so the copies stay identical
    without ever sending weights again.
 4. Each rank trains on its own slice of every global batch (see
-   ``WindowSampler`` in ``train.py``); only rank 0 writes files.
+   ``WindowSampler`` in ``batches.py``); only rank 0 writes files.
 
 With one process (no ``WORLD_SIZE`` in the environment) there is no process
 group and every method here does nothing, so ``train.py`` reads the same in

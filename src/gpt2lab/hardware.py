@@ -1,4 +1,4 @@
-"""What this machine can do fast: its cores and its matrix number formats.
+"""What this machine can do fast: its cores and its matrix number formats; which device to train on.
 
 Training picks its settings from these facts rather than from guesses:
 
@@ -11,6 +11,9 @@ Training picks its settings from these facts rather than from guesses:
 
 Master weights and the optimizer state are always fp32: autocast only
 changes the dtype in which matmuls *compute*.
+
+The device a run trains on (:func:`resolve_device`): ``auto`` is the GPU
+where there is one, else the CPU; under torchrun each process takes its own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from .errors import UserError
 
 # /proc/cpuinfo flags that mean "bf16 matrix math in hardware"
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -86,3 +91,28 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device this process trains on.  ``auto``: CUDA if there is a GPU,
+    else the CPU.  With several processes on a machine (``local_rank`` set),
+    ``cuda`` means this process's own GPU, ``cuda:LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}; use cpu, cuda, mps or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda" and local_rank is not None:
+        if device.index is not None:
+            raise UserError(f"--device {name} with torchrun: give --device cuda (or auto), "
+                            "each process then takes the GPU of its LOCAL_RANK")
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process LOCAL_RANK {local_rank} has no GPU: this machine has "
+                            f"{torch.cuda.device_count()}; start at most that many processes per machine")
+        device = torch.device("cuda", local_rank)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available; use --device cpu")
+    return device
