@@ -1,11 +1,14 @@
 """The command line as a user meets it: subprocesses, JSON on the last line, one-line errors."""
 
+import contextlib
+import io
 import json
 
 import pytest
 import torch
 
 from conftest import assert_user_error, run_cli
+from gpt2lab import cli
 from gpt2lab.checkpoint import hf_config
 from gpt2lab.model import GPTConfig
 
@@ -34,9 +37,17 @@ def last_json(proc):
 
 
 def test_help_for_every_subcommand():
-    for cmd in ["tokenize", "eval", "export", "info"]:
-        proc = run_cli(cmd, "--help")
-        assert proc.returncode == 0 and "usage: gpt2lab " + cmd in proc.stdout
+    """Every registered command (and command group) answers --help, listed in gpt2lab --help."""
+    names = [*cli.COMMANDS, *cli.GROUPS]
+    assert {"tokenize", "tokenizer train", "eval", "export", "generate", "info", "train", "plot", "attention",
+            "inspect"} <= set(names)
+    top = run_cli("--help")
+    assert top.returncode == 0 and all(name.split()[0] in top.stdout for name in names)
+    for name in names:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit:
+            cli.main([*name.split(), "--help"])
+        assert exit.value.code == 0 and out.getvalue().startswith("usage: gpt2lab " + name), name
 
 
 def test_tokenize_json(tmp_path):

@@ -1,8 +1,15 @@
 """The ``gpt2lab`` command line.
 
-Each subcommand is a thin function over the library: it parses flags, calls
-the module that does the work, and prints.  With ``--json``, the last line of
-standard output is one JSON object, for scripts.
+Each subcommand is two small functions over the library: one declares its
+flags, the other parses nothing, calls the module that does the work, and
+prints.  ``@command`` registers the pair in :data:`COMMANDS`, which is all
+there is to adding a subcommand (and how tests find every one of them).
+
+Flags used by several commands (``--model``, ``--json``, ``--out`` with
+``--overwrite``) are defined once, below; the fields of a config dataclass
+(``TrainConfig``, ``GPTConfig``, ``SamplingConfig``, ``BPEConfig``) become
+flags one to one.  With ``--json``, the last line of standard output is one
+JSON object, for scripts.
 
 Errors the user can fix (:class:`UserError`) are printed on one line and
 exit with status 2, without a traceback.  Anything unexpected prints a short
@@ -21,6 +28,8 @@ import tempfile
 import traceback
 import types
 import typing
+from dataclasses import dataclass
+from typing import Callable
 
 from .bpe import BPEConfig
 from .errors import Stopped, UserError
@@ -72,15 +81,86 @@ def config_overrides(args: argparse.Namespace, cls) -> dict:
             if getattr(args, f.name, None) is not None}
 
 
+def config_flags(overrides: dict) -> list[str]:
+    """``{"batch_size": 4}`` -> ``["--batch-size", "4"]``: overrides back into flags."""
+    flags = []
+    for name, value in overrides.items():
+        flags += ["--" + name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else repr(value)
+                  if isinstance(value, float) else str(value)]
+    return flags
+
+
+# ---------------------------------------------------------------------------
+# Flags shared by several commands
+# ---------------------------------------------------------------------------
+
+
+def model_flag(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
+
+
+def json_flag(p: argparse.ArgumentParser, help: str = "print one JSON object as the last line") -> None:
+    p.add_argument("--json", action="store_true", help=help)
+
+
+def out_flags(p: argparse.ArgumentParser, help: str, default: str | None = None, required: bool = False) -> None:
+    """``--out FILE`` and ``--overwrite`` (without which an existing ``--out`` is refused)."""
+    p.add_argument("--out", default=default, required=required, help=help)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def text_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", required=True, help="the text to look at (the text itself, not a file)")
+
+
+def sampling_flags(p: argparse.ArgumentParser) -> None:
+    """Every ``SamplingConfig`` field: ``--temperature``, ``--top-k``, ``--max-new-tokens``, ..."""
+    from .generate import SamplingConfig
+
+    add_config_flags(p, SamplingConfig)
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj), flush=True)
 
 
 # ---------------------------------------------------------------------------
-# Subcommands
+# The subcommands
 # ---------------------------------------------------------------------------
 
 
+@dataclass
+class Command:
+    """``gpt2lab NAME``: ``flags(parser)`` declares its flags (and may set its
+    ``--help`` description), ``run(args)`` does it."""
+
+    name: str  # "tokenizer train" for an action of a command group
+    run: Callable[[argparse.Namespace], None]
+    flags: Callable[[argparse.ArgumentParser], None]
+    help: str  # its line in `gpt2lab --help`
+
+
+COMMANDS: dict[str, Command] = {}  # in the order of `gpt2lab --help`
+GROUPS = {"tokenizer": "train tokenizers"}  # commands with actions: `gpt2lab tokenizer train`
+
+
+def command(name: str, flags, help: str):
+    """Register the decorated ``run(args)`` as ``gpt2lab NAME``, with ``flags(parser)``."""
+    def register(run):
+        COMMANDS[name] = Command(name, run, flags, help)
+        return run
+    return register
+
+
+def tokenize_flags(p) -> None:
+    p.add_argument("file", help="a UTF-8 text file")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="gpt2, char (built from FILE itself) or the path of a tokenizer JSON file")
+    p.add_argument("--show", action="store_true", help="print the text split into tokens")
+    json_flag(p)
+
+
+@command("tokenize", tokenize_flags, help="turn a text file into token ids")
 def cmd_tokenize(args) -> None:
     from .data import read_text
     from .tokenizer import build_tokenizer, token_pieces
@@ -115,6 +195,15 @@ def show_tokens(pieces: list[str], color: bool) -> str:
                    for i, p in enumerate(pieces))
 
 
+def tokenizer_train_flags(p) -> None:
+    p.add_argument("--data", required=True, help="shakespeare (the embedded plays' training split), a text file, "
+                   "a directory of .txt/.md files, .jsonl, .parquet or hf:DATASET (as for train --data)")
+    out_flags(p, "the tokenizer JSON file to write", required=True)
+    json_flag(p)
+    add_config_flags(p, BPEConfig)
+
+
+@command("tokenizer train", tokenizer_train_flags, help="train a byte-level BPE on a corpus and save it as JSON")
 def cmd_tokenizer_train(args) -> None:
     import time
     from pathlib import Path
@@ -138,6 +227,13 @@ def cmd_tokenizer_train(args) -> None:
         print(f"trained a {tokenizer.n_vocab}-token byte-level BPE{short} in {seconds:.1f} s; wrote {out}")
 
 
+def eval_flags(p) -> None:
+    model_flag(p)
+    p.add_argument("--text", required=True, help="a UTF-8 text file to score")
+    json_flag(p)
+
+
+@command("eval", eval_flags, help="loss, perplexity and bits per byte of a model on a text")
 def cmd_eval(args) -> None:
     from .checkpoint import load_model
     from .data import read_text
@@ -155,6 +251,14 @@ def cmd_eval(args) -> None:
               f"{score.bits_per_byte:.4f} bits/byte | {score.tokens} tokens, {score.bytes} bytes")
 
 
+def export_flags(p) -> None:
+    model_flag(p)
+    p.add_argument("--to", required=True, help="the directory to create")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty directory")
+    json_flag(p)
+
+
+@command("export", export_flags, help="write a model in Hugging Face GPT-2 format")
 def cmd_export(args) -> None:
     from .checkpoint import export_hf, load_model
 
@@ -166,6 +270,82 @@ def cmd_export(args) -> None:
         print(f"wrote a Hugging Face GPT-2 model to {folder}")
 
 
+def generate_flags(p) -> None:
+    from .generate import MAX_NEW_TOKENS, MAX_SAMPLES
+
+    p.description = (f"Generate text.  --max-new-tokens is capped at {MAX_NEW_TOKENS:,} and --num-samples at "
+                     f"{MAX_SAMPLES}.  Sampling order: repetition penalty, temperature, top-k, top-p.")
+    model_flag(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--prompt", help="the prompt text (default: empty, i.e. start from <|endoftext|>)")
+    source.add_argument("--prompt-file", help="a UTF-8 file holding the prompt")
+    sampling_flags(p)
+    p.add_argument("--interactive", action="store_true", help="read prompts from standard input until EOF")
+    json_flag(p, help="end each generation with one JSON line")
+
+
+@command("generate", generate_flags, help="generate text from a prompt, streaming it as it is produced")
+def cmd_generate(args) -> None:
+    from .checkpoint import load_model
+    from .data import read_text
+    from .generate import Generator, SamplingConfig
+
+    if args.interactive and (args.prompt is not None or args.prompt_file is not None):
+        raise UserError("--interactive reads prompts from standard input; drop --prompt/--prompt-file")
+    cfg = SamplingConfig(**config_overrides(args, SamplingConfig))  # checked before the model loads
+    prompt = read_text(args.prompt_file) if args.prompt_file is not None else (args.prompt or "")
+    generator = Generator(*load_model(args.model))
+    if not args.interactive:
+        return generate_once(generator, prompt, cfg, args.json)
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:  # EOF
+            print(file=sys.stderr)
+            return None
+        generate_once(generator, line.rstrip("\n"), cfg, args.json)
+
+
+def generate_once(generator, prompt: str, cfg, as_json: bool) -> None:
+    """One prompt's generation: one sample streamed as it comes, several printed at the end."""
+    import time
+
+    ids, cut = generator.encode_prompt(prompt)
+    if cut:
+        print(f"note: the prompt has {len(ids) + cut} tokens, more than the model's context of "
+              f"{len(ids)}; keeping the last {len(ids)}", file=sys.stderr)
+    streaming = cfg.num_samples == 1
+
+    def show(row: int, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    start = time.perf_counter()
+    samples = generator.generate(prompt, cfg, on_text=show if streaming else None)
+    seconds = time.perf_counter() - start
+    if streaming:
+        print(flush=True)
+    else:
+        for i, s in enumerate(samples):
+            print(f"--- sample {i + 1} ---\n{s.text}", flush=True)
+    n_new = sum(len(s.tokens) for s in samples)
+    if as_json:
+        print_json({"text": samples[0].text, "tokens": samples[0].tokens,
+                    "tokens_per_sec": n_new / seconds if seconds > 0 else None,
+                    "new_tokens": n_new, "seconds": seconds, "prompt_tokens": len(ids),
+                    "finish_reason": samples[0].finish_reason, "seed": samples[0].seed,
+                    "samples": [dataclasses.asdict(s) for s in samples]})
+    else:
+        print(f"{n_new} new tokens in {seconds:.2f} s ({n_new / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)
+
+
+def info_flags(p) -> None:
+    model_flag(p, required=False)
+    p.add_argument("--preset", help="or a preset name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, mini, tiny)")
+    json_flag(p)
+
+
+@command("info", info_flags, help="a model's config and parameter count")
 def cmd_info(args) -> None:
     from .checkpoint import load_model, resolve_model_path
     from .model import GPT, GPTConfig
@@ -188,13 +368,43 @@ def cmd_info(args) -> None:
         print(f"  parameters       {info['parameters']:,} (tied embeddings, positions included)")
 
 
-def config_flags(overrides: dict) -> list[str]:
-    """``{"batch_size": 4}`` -> ``["--batch-size", "4"]``: overrides back into flags."""
-    flags = []
-    for name, value in overrides.items():
-        flags += ["--" + name.replace("_", "-"), str(value).lower() if isinstance(value, bool) else repr(value)
-                  if isinstance(value, float) else str(value)]
-    return flags
+def train_flags(p) -> None:
+    from .model import GPTConfig
+    from .recipe import TrainConfig
+
+    p.description = "Train a GPT-2. Every TrainConfig and GPTConfig field is a flag."
+    p.add_argument("--preset", help="model preset to start from (default: the recipe's mini model, n_ctx 128)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    json_flag(p, help="print a JSON summary as the last line")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine, started with torchrun (default 1; "
+                        "for several machines run torchrun yourself, see the README)")
+    add_config_flags(p, TrainConfig)
+    add_config_flags(p, GPTConfig)
+
+
+@command("train", train_flags, help="train a GPT-2 (no arguments: the default recipe on Shakespeare)")
+def cmd_train(args) -> None:
+    from .distributed import lost_rank, stop
+    from .model import GPTConfig
+    from .recipe import TrainConfig
+
+    train_over = config_overrides(args, TrainConfig)
+    model_over = config_overrides(args, GPTConfig)
+    if args.nproc != 1:
+        return launch_train(args, train_over, model_over)
+    try:
+        result = run_train(args, train_over, model_over)
+    except RuntimeError as e:
+        lost = lost_rank(e)
+        if lost is None:
+            raise
+        raise lost from None
+    finally:
+        stop()  # leave the process group, if torchrun started us
+    if result.rank == 0:  # rank 0 reports for the whole job
+        report_run(result, args.json)
+    return None
 
 
 def launch_train(args, train_over: dict, model_over: dict) -> None:
@@ -231,42 +441,30 @@ def run_train(args, train_over: dict, model_over: dict):
     return train(cfg, model_cfg, model_overrides=model_over)
 
 
-def cmd_train(args) -> None:
-    from .distributed import lost_rank, stop
-    from .model import GPTConfig
-    from .recipe import TrainConfig
-
-    train_over = config_overrides(args, TrainConfig)
-    model_over = config_overrides(args, GPTConfig)
-    if args.nproc != 1:
-        return launch_train(args, train_over, model_over)
-    try:
-        result = run_train(args, train_over, model_over)
-    except RuntimeError as e:
-        lost = lost_rank(e)
-        if lost is None:
-            raise
-        raise lost from None
-    finally:
-        stop()  # leave the process group, if torchrun started us
-    if result.rank != 0:
-        return None  # rank 0 reports for the whole job
+def report_run(result, as_json: bool) -> None:
+    """Where a training run stopped, its final score and sample."""
     m = result.metrics
-    summary = {"run_dir": str(result.run_dir), "step": result.step, "tokens": result.tokens,
-               "stopped_by": result.stopped_by, "val_loss": m.get("val_loss"), "val_bpb": m.get("val_bpb"),
-               "checkpoint": str(result.checkpoint) if result.checkpoint else None, "sample": result.sample}
-    if args.json:
-        print_json(summary)
-        return None
+    if as_json:
+        print_json({"run_dir": str(result.run_dir), "step": result.step, "tokens": result.tokens,
+                    "stopped_by": result.stopped_by, "val_loss": m.get("val_loss"), "val_bpb": m.get("val_bpb"),
+                    "checkpoint": str(result.checkpoint) if result.checkpoint else None, "sample": result.sample})
+        return
     val = f"val loss {m['val_loss']:.4f}, {m['val_bpb']:.4f} bits/byte" if "val_loss" in m else "no evaluation"
     print(f"stopped at step {result.step} ({result.stopped_by}), {result.tokens:,} tokens: {val}")
     print(f"run directory {result.run_dir}: metrics.jsonl, loss.png, checkpoint {result.checkpoint}")
     if result.sample:
         print("\n--- sample ---")
         print(result.sample.replace("<|endoftext|>", "\n"))
-    return None
 
 
+def plot_flags(p) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="PNG file (default: RUN_DIR/loss.png for one run, loss_compare.png for several)")
+    p.add_argument("--metric", choices=("loss", "bpb"), default="loss")
+    json_flag(p)
+
+
+@command("plot", plot_flags, help="plot the loss curves of one or more runs")
 def cmd_plot(args) -> None:
     from pathlib import Path
 
@@ -283,70 +481,16 @@ def cmd_plot(args) -> None:
         print(f"wrote {path}")
 
 
-def cmd_generate(args) -> None:
-    import time
-
-    from .checkpoint import load_model
-    from .data import read_text
-    from .generate import Generator, SamplingConfig
-
-    if args.interactive and (args.prompt is not None or args.prompt_file is not None):
-        raise UserError("--interactive reads prompts from standard input; drop --prompt/--prompt-file")
-    cfg = SamplingConfig(**config_overrides(args, SamplingConfig))  # checked before the model loads
-    prompt = read_text(args.prompt_file) if args.prompt_file is not None else (args.prompt or "")
-    generator = Generator(*load_model(args.model))
-
-    def run(prompt: str) -> None:
-        ids, cut = generator.encode_prompt(prompt)
-        if cut:
-            print(f"note: the prompt has {len(ids) + cut} tokens, more than the model's context of "
-                  f"{len(ids)}; keeping the last {len(ids)}", file=sys.stderr)
-        streaming = cfg.num_samples == 1
-
-        def show(row: int, text: str) -> None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-
-        start = time.perf_counter()
-        samples = generator.generate(prompt, cfg, on_text=show if streaming else None)
-        seconds = time.perf_counter() - start
-        if streaming:
-            print(flush=True)
-        else:
-            for i, s in enumerate(samples):
-                print(f"--- sample {i + 1} ---\n{s.text}", flush=True)
-        n_new = sum(len(s.tokens) for s in samples)
-        if args.json:
-            print_json({"text": samples[0].text, "tokens": samples[0].tokens,
-                        "tokens_per_sec": n_new / seconds if seconds > 0 else None,
-                        "new_tokens": n_new, "seconds": seconds, "prompt_tokens": len(ids),
-                        "finish_reason": samples[0].finish_reason, "seed": samples[0].seed,
-                        "samples": [dataclasses.asdict(s) for s in samples]})
-        else:
-            print(f"{n_new} new tokens in {seconds:.2f} s ({n_new / max(seconds, 1e-9):.1f} tokens/s)",
-                  file=sys.stderr)
-
-    if not args.interactive:
-        run(prompt)
-        return
-    while True:
-        print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:  # EOF
-            print(file=sys.stderr)
-            return
-        run(line.rstrip("\n"))
+def attention_flags(p) -> None:
+    model_flag(p)
+    text_flag(p)
+    p.add_argument("--layer", type=int, help="only this layer (default: all)")
+    p.add_argument("--head", type=int, help="only this head (default: all)")
+    out_flags(p, "PNG file to write (default: attention.png)", default="attention.png")
+    json_flag(p)
 
 
-def pick(name: str, chosen: int | None, n: int) -> list[int]:
-    """All of ``range(n)``, or the one index the user chose, checked."""
-    if chosen is None:
-        return list(range(n))
-    if not 0 <= chosen < n:
-        raise UserError(f"--{name} {chosen} does not exist: this model has {n} {name}s, numbered 0 to {n - 1}")
-    return [chosen]
-
-
+@command("attention", attention_flags, help="attention patterns on a text, as heatmaps (one panel per head)")
 def cmd_attention(args) -> None:
     from .checkpoint import load_model
     from .evaluate import attention_patterns
@@ -365,6 +509,23 @@ def cmd_attention(args) -> None:
         print(f"wrote {len(layers) * len(heads)} attention heatmaps over {len(tokens)} tokens to {path}")
 
 
+def pick(name: str, chosen: int | None, n: int) -> list[int]:
+    """All of ``range(n)``, or the one index the user chose, checked."""
+    if chosen is None:
+        return list(range(n))
+    if not 0 <= chosen < n:
+        raise UserError(f"--{name} {chosen} does not exist: this model has {n} {name}s, numbered 0 to {n - 1}")
+    return [chosen]
+
+
+def inspect_flags(p) -> None:
+    model_flag(p)
+    text_flag(p)
+    out_flags(p, "PNG file for the text coloured by per-token loss (default: inspect.png)", default="inspect.png")
+    json_flag(p)
+
+
+@command("inspect", inspect_flags, help="per token: its loss and the model's top-5 predictions")
 def cmd_inspect(args) -> None:
     from .checkpoint import load_model
     from .evaluate import inspect_text
@@ -399,104 +560,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``gpt2lab`` with a subparser for each of :data:`COMMANDS` (nested under its group, if it has one)."""
     parser = Parser(prog="gpt2lab", description="Build, train and run GPT-2 from scratch.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    p = sub.add_parser("tokenize", help="turn a text file into token ids")
-    p.add_argument("file", help="a UTF-8 text file")
-    p.add_argument("--tokenizer", default="gpt2",
-                   help="gpt2, char (built from FILE itself) or the path of a tokenizer JSON file")
-    p.add_argument("--show", action="store_true", help="print the text split into tokens")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_tokenize)
-
-    p = sub.add_parser("tokenizer", help="train tokenizers")
-    tsub = p.add_subparsers(dest="action", metavar="ACTION")
-    tsub.required = True
-    q = tsub.add_parser("train", help="train a byte-level BPE on a corpus and save it as JSON")
-    q.add_argument("--data", required=True, help="shakespeare (the embedded plays' training split), a text file, "
-                   "a directory of .txt/.md files, .jsonl, .parquet or hf:DATASET (as for train --data)")
-    q.add_argument("--out", required=True, help="the tokenizer JSON file to write")
-    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    q.add_argument("--json", action="store_true")
-    add_config_flags(q, BPEConfig)
-    q.set_defaults(func=cmd_tokenizer_train)
-
-    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a model on a text")
-    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
-    p.add_argument("--text", required=True, help="a UTF-8 text file to score")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("export", help="write a model in Hugging Face GPT-2 format")
-    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
-    p.add_argument("--to", required=True, help="the directory to create")
-    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty directory")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_export)
-
-    from .generate import MAX_NEW_TOKENS, MAX_SAMPLES, SamplingConfig
-
-    p = sub.add_parser("generate", help="generate text from a prompt, streaming it as it is produced",
-                       description=f"Generate text.  --max-new-tokens is capped at {MAX_NEW_TOKENS:,} and "
-                                   f"--num-samples at {MAX_SAMPLES}.  Sampling order: repetition penalty, "
-                                   "temperature, top-k, top-p.")
-    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--prompt", help="the prompt text (default: empty, i.e. start from <|endoftext|>)")
-    source.add_argument("--prompt-file", help="a UTF-8 file holding the prompt")
-    add_config_flags(p, SamplingConfig)
-    p.add_argument("--interactive", action="store_true", help="read prompts from standard input until EOF")
-    p.add_argument("--json", action="store_true", help="end each generation with one JSON line")
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("info", help="a model's config and parameter count")
-    p.add_argument("--model", help="a run, a checkpoint or a Hugging Face GPT-2 directory")
-    p.add_argument("--preset", help="or a preset name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, mini, tiny)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_info)
-
-    from .model import GPTConfig
-    from .recipe import TrainConfig
-
-    p = sub.add_parser("train", help="train a GPT-2 (no arguments: the default recipe on Shakespeare)",
-                       description="Train a GPT-2. Every TrainConfig and GPTConfig field is a flag.")
-    p.add_argument("--preset", help="model preset to start from (default: the recipe's mini model, n_ctx 128)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="data-parallel processes on this machine, started with torchrun (default 1; "
-                        "for several machines run torchrun yourself, see the README)")
-    add_config_flags(p, TrainConfig)
-    add_config_flags(p, GPTConfig)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", help="PNG file (default: RUN_DIR/loss.png for one run, loss_compare.png for several)")
-    p.add_argument("--metric", choices=("loss", "bpb"), default="loss")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_plot)
-
-    p = sub.add_parser("attention", help="attention patterns on a text, as heatmaps (one panel per head)")
-    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
-    p.add_argument("--text", required=True, help="the text to look at (the text itself, not a file)")
-    p.add_argument("--layer", type=int, help="only this layer (default: all)")
-    p.add_argument("--head", type=int, help="only this head (default: all)")
-    p.add_argument("--out", default="attention.png", help="PNG file to write (default: attention.png)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_attention)
-
-    p = sub.add_parser("inspect", help="per token: its loss and the model's top-5 predictions")
-    p.add_argument("--model", required=True, help="a run, a checkpoint or a Hugging Face GPT-2 directory")
-    p.add_argument("--text", required=True, help="the text to look at (the text itself, not a file)")
-    p.add_argument("--out", default="inspect.png",
-                   help="PNG file for the text coloured by per-token loss (default: inspect.png)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_inspect)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups = {}
+    for name, cmd in COMMANDS.items():
+        group, _, action = name.rpartition(" ")
+        if group and group not in groups:
+            groups[group] = sub.add_parser(group, help=GROUPS[group]).add_subparsers(
+                dest="action", metavar="ACTION", required=True)
+        p = (groups[group] if group else sub).add_parser(action, help=cmd.help)
+        cmd.flags(p)
+        p.set_defaults(func=cmd.run)
     return parser
 
 
