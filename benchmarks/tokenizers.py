@@ -18,9 +18,9 @@ import argparse
 import statistics
 import time
 
-from gpt2lab.bpe import BPEConfig, count_chunks, train_bpe, train_merges_fast, train_merges_simple
+from gpt2lab.bpe import BPEConfig, count_chunks, train_merges_fast, train_merges_simple
 from gpt2lab.data import VALIDATION_PLAYS, shakespeare_documents
-from gpt2lab.tokenizer import CharTokenizer, gpt2_tokenizer
+from gpt2lab.tokenizer import CharTokenizer, gpt2_tokenizer, train_bpe
 
 
 def timed(fn):

@@ -7,10 +7,10 @@ from collections import Counter
 import pytest
 from conftest import assert_user_error, run_cli
 
-from gpt2lab.bpe import (BPEConfig, count_chunks, encode_and_show_work, ranks_from_merges, train_bpe,
-                         train_merges_fast, train_merges_simple)
+from gpt2lab.bpe import (BPEConfig, count_chunks, encode_and_show_work, ranks_from_merges, train_merges_fast,
+                         train_merges_simple)
 from gpt2lab.data import shakespeare_documents
-from gpt2lab.tokenizer import EOT, TokenizerError, load_tokenizer
+from gpt2lab.tokenizer import EOT, TokenizerError, load_tokenizer, train_bpe
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,17 @@ def test_cli_empty_corpus(tmp_path):
 def test_cli_directory_without_text(tmp_path):
     proc = run_cli("tokenizer", "train", "--data", tmp_path, "--out", tmp_path / "t.json")
     assert_user_error(proc, "no .txt or .md")
+
+
+def test_the_teaching_bpe_stands_alone():
+    """bpe.py imports no tokenizer code (tokenizer.py builds on it), so it reads on its own."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "import sys, gpt2lab.bpe; print(sorted(m for m in sys.modules if m.startswith('gpt2lab.')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": os.path.join(ROOT, "src")})
+    assert proc.stdout.strip() == "['gpt2lab.bpe', 'gpt2lab.errors']"

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import assert_user_error, run_cli
 
-from gpt2lab.bpe import BPEConfig, train_bpe
+from gpt2lab.bpe import BPEConfig
 from gpt2lab.tokenizer import (EOT, CharTokenizer, TokenizerError, build_tokenizer, bytes_to_unicode, gpt2_files_dir,
-                               gpt2_tokenizer, hf_tokenizer, load_tokenizer, token_pieces)
+                               gpt2_tokenizer, hf_tokenizer, load_tokenizer, token_pieces, train_bpe)
 
 transformers = pytest.importorskip("transformers")
 

@@ -34,10 +34,11 @@ A symbol is identified by its bytes: merging ``b"th"`` and ``b"e"`` makes
 ``b"the"``.  If two different merges happen to spell the same bytes, they
 make the same symbol, so the vocabulary never holds duplicates.
 
-Encoding with the learned vocabulary is done by ``tiktoken`` (see
-:class:`gpt2lab.tokenizer.TiktokenBPE`), from the ranks that
-:func:`ranks_from_merges` builds; :func:`encode_and_show_work` encodes one
-chunk slowly, showing each merge, for learners.
+Encoding with the learned vocabulary is done by ``tiktoken``, from the
+ranks that :func:`ranks_from_merges` builds (``tokenizer.py`` wraps them in
+a tokenizer: ``train_bpe``); :func:`encode_and_show_work` encodes one chunk
+slowly, showing each merge, for learners.  This module depends on no other
+tokenizer code: ``tokenizer.py`` builds on it, not the other way round.
 """
 
 from __future__ import annotations
@@ -49,9 +50,14 @@ from dataclasses import dataclass
 
 import regex
 
-from .tokenizer import EOT, GPT2_PATTERN, TokenizerError
+from .errors import TokenizerError
 
 N_BYTES = 256
+EOT = "<|endoftext|>"  # separates documents; a special token, never learned from text
+
+# GPT-2's pre-tokenization pattern: contractions, words, numbers, other
+# symbols, each optionally led by one space; then whitespace runs.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 @dataclass
@@ -216,18 +222,6 @@ def ranks_from_merges(merges: list[tuple[bytes, bytes]]) -> dict[bytes, int]:
     for a, b in merges:
         ranks.setdefault(a + b, len(ranks))
     return ranks
-
-
-def train_bpe(texts: Iterable[str], cfg: BPEConfig):
-    """Train a byte-level BPE on ``texts``; return a :class:`TiktokenBPE`
-    whose last id is ``<|endoftext|>``."""
-    from .tokenizer import TiktokenBPE
-
-    chunks = count_chunks(texts, cfg.pattern)
-    if not chunks:
-        raise TokenizerError("the training corpus is empty; give some text (a file or directory with text in it)")
-    merges = TRAINERS[cfg.impl](chunks, cfg.vocab_size - 1)
-    return TiktokenBPE("bpe", ranks_from_merges(merges), cfg.pattern)  # never "gpt2": that name means GPT-2's own
 
 
 # ---------------------------------------------------------------------------

@@ -208,8 +208,8 @@ def cmd_tokenizer_train(args) -> None:
     import time
     from pathlib import Path
 
-    from .bpe import train_bpe
     from .data import iter_documents, parse_source
+    from .tokenizer import train_bpe
 
     cfg = BPEConfig(**config_overrides(args, BPEConfig))
     out = Path(args.out)

@@ -36,15 +36,8 @@ from pathlib import Path
 
 import tiktoken
 
-EOT = "<|endoftext|>"
-
-# GPT-2's pre-tokenization pattern: contractions, words, numbers, other
-# symbols, each optionally led by one space; then whitespace runs.
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-class TokenizerError(ValueError):
-    """A tokenizer could not be found, read or built."""
+from .bpe import EOT, GPT2_PATTERN, TRAINERS, BPEConfig, count_chunks, ranks_from_merges
+from .errors import TokenizerError
 
 
 class Tokenizer:
@@ -277,6 +270,16 @@ def load_tokenizer(spec: str | dict | None = "gpt2") -> Tokenizer:
     return tokenizer_from_dict(d)
 
 
+def train_bpe(texts: Iterable[str], cfg: BPEConfig) -> TiktokenBPE:
+    """Train a byte-level BPE on ``texts``; return a :class:`TiktokenBPE`
+    whose last id is ``<|endoftext|>``."""
+    chunks = count_chunks(texts, cfg.pattern)
+    if not chunks:
+        raise TokenizerError("the training corpus is empty; give some text (a file or directory with text in it)")
+    merges = TRAINERS[cfg.impl](chunks, cfg.vocab_size - 1)
+    return TiktokenBPE("bpe", ranks_from_merges(merges), cfg.pattern)  # never "gpt2": that name means GPT-2's own
+
+
 def build_tokenizer(spec: str | dict | None, texts: Callable[[], Iterable[str]] | None = None) -> Tokenizer:
     """The tokenizer a run asks for: ``gpt2``, a saved file, ``char`` built
     from ``texts()``, or ``bpe:N``, a byte-level BPE of N tokens trained on
@@ -289,8 +292,6 @@ def build_tokenizer(spec: str | dict | None, texts: Callable[[], Iterable[str]] 
                                  "use it with `gpt2lab train`, or save one with `gpt2lab tokenizer train`")
         if spec == "char":
             return CharTokenizer.from_texts(texts())
-        from .bpe import BPEConfig, train_bpe
-
         try:
             cfg = BPEConfig(vocab_size=int(spec[4:]))
         except ValueError as e:
