@@ -162,6 +162,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(steps, key=lambda p: int(p.name[5:]), default=None)
 
 
+def newest_run(base="runs") -> Path | None:
+    """The run under ``base`` whose newest complete checkpoint was written last, or None."""
+    base = Path(base)
+    runs = [(ckpt, run) for run in (base.iterdir() if base.is_dir() else ()) if run.is_dir()
+            for ckpt in [latest_checkpoint(run)] if ckpt is not None]
+    return max(runs, key=lambda pair: (pair[0] / MODEL_META).stat().st_mtime, default=(None, None))[1]
+
+
 def resolve_model_path(path) -> tuple[str, Path]:
     """Say what ``path`` is: ``("gpt2lab", checkpoint_dir)`` or ``("hf", dir)``."""
     path = Path(path)

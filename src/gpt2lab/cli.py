@@ -547,6 +547,32 @@ def cmd_inspect(args) -> None:
     print(f"mean loss {mean:.4f} nats/token over {len(views)} tokens; image written to {path}")
 
 
+def serve_flags(p) -> None:
+    from .server import ServeConfig
+
+    p.description = ("Serve a model: the playground page at / and OpenAI's completions API under /v1 "
+                     "(see the README).  Binds 127.0.0.1 unless told otherwise.")
+    p.add_argument("--model", help="a run, a checkpoint or a Hugging Face GPT-2 directory "
+                                   "(default: the newest run under runs/)")
+    add_config_flags(p, ServeConfig)
+
+
+@command("serve", serve_flags, help="the playground page and an OpenAI-compatible API for a model")
+def cmd_serve(args) -> None:
+    from .checkpoint import newest_run
+    from .server import ServeConfig, serve
+
+    cfg = ServeConfig(**config_overrides(args, ServeConfig))
+    model = args.model if args.model is not None else newest_run("runs")
+    if model is None:
+        raise UserError("no trained run under runs/ to serve; train one with `gpt2lab train` "
+                        "or point --model at a run, a checkpoint or a Hugging Face GPT-2 directory")
+    try:
+        serve(model, cfg)
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        print("stopped", flush=True)
+
+
 # ---------------------------------------------------------------------------
 # Parser and entry point
 # ---------------------------------------------------------------------------

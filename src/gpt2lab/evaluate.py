@@ -133,7 +133,14 @@ def attention_patterns(model: GPT, tokenizer: Tokenizer, text: str) -> tuple[lis
     if len(ids) > model.cfg.n_ctx:
         raise ValueError(f"the text is {len(ids)} tokens with <|endoftext|>, but the model sees at most "
                          f"{model.cfg.n_ctx}; shorten it")
+    return [tokenizer.decode([t]) for t in ids], attention_of_ids(model, ids)
+
+
+def attention_of_ids(model: GPT, ids: list[int], layers: list[int] | None = None) -> torch.Tensor:
+    """The attention patterns of ``layers`` (default: all) on the token ids
+    ``ids`` (at most ``n_ctx``): a ``(layer, head, pos, pos)`` tensor."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else layers
+    wanted = [f"blocks.{i}.attn.hook_pattern" for i in layers]
     device = next(model.parameters()).device
-    _, cache = model.run_with_cache(torch.tensor([ids], device=device), names=lambda n: n.endswith("hook_pattern"))
-    patterns = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"][0] for i in range(model.cfg.n_layers)])
-    return [tokenizer.decode([t]) for t in ids], patterns.cpu()  # (layer, head, pos, pos)
+    _, cache = model.run_with_cache(torch.tensor([ids], device=device), names=wanted)
+    return torch.stack([cache[name][0] for name in wanted]).cpu()  # (layer, head, pos, pos)

@@ -112,6 +112,16 @@ class Generation:
     seed: int  # the seed that reproduces it
 
 
+@dataclass
+class TokenEvent:
+    """One new token of one row, as :meth:`Generator.token_events` yields it."""
+
+    row: int
+    text: str  # the text now safe to show ("" while a character's bytes are incomplete)
+    token: int | None  # the token id (None: held-back text released at the end)
+    logits: torch.Tensor | None  # (d_vocab,): the raw logits the token was drawn from
+
+
 # ---------------------------------------------------------------------------
 # Logits -> next token
 # ---------------------------------------------------------------------------
@@ -215,11 +225,22 @@ class Window:
         return allowed[:, None]  # (batch, 1, queries, keys): broadcast over heads
 
 
-@torch.inference_mode()
 def generate_ids(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_id: int,
                  use_cache: bool = True, seed: int = 0,
                  generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row, ``(batch,)``, ``cfg.max_new_tokens`` times.
+    """Yield the next token of every row, ``(batch,)``, ``cfg.max_new_tokens`` times
+    (see :func:`generate_steps`, which also gives the logits each was drawn from)."""
+    for token, _ in generate_steps(model, prompts, cfg, pad_id, use_cache, seed, generator):
+        yield token
+
+
+@torch.inference_mode()
+def generate_steps(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_id: int,
+                   use_cache: bool = True, seed: int = 0,
+                   generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(token, logits)``, ``cfg.max_new_tokens`` times: the next token of
+    every row, ``(batch,)``, and the model's raw logits it was chosen from,
+    ``(batch, d_vocab)`` (before penalty, temperature and filters).
 
     ``prompts`` must be non-empty and at most ``n_ctx`` tokens each.  The
     caller stops early by simply not asking for more.  ``use_cache=False``
@@ -254,7 +275,7 @@ def generate_ids(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_
     logits = run_window()
     for step in range(cfg.max_new_tokens):
         token = choose_next(logits, cfg, seen, generator)  # (batch,)
-        yield token
+        yield token, logits
         if step == cfg.max_new_tokens - 1:
             return  # no forward pass for a token nobody will read
         if seen is not None:
@@ -367,6 +388,19 @@ class Generator:
     def events(self, prompts: str | Sequence[str], config: SamplingConfig | None = None,
                **overrides) -> Iterator[tuple[int, str]]:
         """Yield ``(row, text)`` pieces; return the list of :class:`Generation`."""
+        steps = self.token_events(prompts, config, **overrides)
+        while True:
+            try:
+                event = next(steps)
+            except StopIteration as done:
+                return done.value
+            if event.text:
+                yield event.row, event.text
+
+    def token_events(self, prompts: str | Sequence[str], config: SamplingConfig | None = None,
+                     **overrides) -> Iterator[TokenEvent]:
+        """Yield a :class:`TokenEvent` for every new token of every row (and for
+        text held back until the end); return the list of :class:`Generation`."""
         cfg = config or SamplingConfig()
         if overrides:
             cfg = dataclasses.replace(cfg, **overrides)
@@ -381,7 +415,7 @@ class Generator:
         texts: list[list[str]] = [[] for _ in rows]
         reasons = ["length"] * len(rows)
         live = set(range(len(rows)))
-        for step in generate_ids(self.model, rows, cfg, eot, self.use_cache, seed):
+        for step, logits in generate_steps(self.model, rows, cfg, eot, self.use_cache, seed):
             for i, t in enumerate(step.tolist()):
                 if i not in live:
                     continue
@@ -394,14 +428,21 @@ class Generator:
                 if streams[i].stopped:
                     reasons[i] = "stop"
                     live.discard(i)
-                if text:
-                    texts[i].append(text)
-                    yield i, text
+                texts[i].append(text)
+                yield TokenEvent(i, text, t, logits[i])
             if not live:
                 break
         for i, s in enumerate(streams):
             text = s.finish()
             if text:
                 texts[i].append(text)
-                yield i, text
+                yield TokenEvent(i, text, None, None)
         return [Generation("".join(texts[i]), tokens[i], reasons[i], seed) for i in range(len(rows))]
+
+    @torch.inference_mode()
+    def next_logits(self, prompt: str) -> torch.Tensor:
+        """The raw logits, ``(d_vocab,)``, that the first new token after
+        ``prompt`` is drawn from (the same context :meth:`generate` uses)."""
+        ids, _ = self.encode_prompt(prompt)
+        device = self.model.embed.W_E.device
+        return self.model(torch.tensor([ids], device=device))[0, -1].float()
