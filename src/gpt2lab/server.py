@@ -109,6 +109,7 @@ class ModelWorker:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = False
+        self.steps = 0  # steps done since the start, over all jobs (reported by /health)
         self.thread = threading.Thread(target=self.run, name="gpt2lab-model", daemon=True)
         self.thread.start()
 
@@ -148,7 +149,9 @@ class ModelWorker:
                 return True
             if job.steps is None:
                 job.steps = job.make_steps()
-            job.send("item", next(job.steps))
+            item = next(job.steps)
+            self.steps += 1
+            job.send("item", item)
             return False
         except StopIteration as done:
             job.send("done", done.value)
@@ -281,7 +284,8 @@ def build_app(served: Served, cfg: ServeConfig):
         return FileResponse(page / "index.html", headers={"Cache-Control": "no-store"})
 
     async def health(request):
-        return JSONResponse({"status": "ok", "model": served.model_id, "requests": worker.busy()})
+        return JSONResponse({"status": "ok", "model": served.model_id, "requests": worker.busy(),
+                             "steps": worker.steps})
 
     async def models(request):
         return JSONResponse({"object": "list", "data": [

@@ -69,6 +69,7 @@ function setLanguage(lang) {
   for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
   for (const b of document.querySelectorAll(".lang button")) b.classList.toggle("on", b.dataset.lang === lang);
   drawCard();
+  drawStatus();
   drawTokens();
   drawHeads();
   drawQuery();
@@ -125,9 +126,10 @@ async function generate() {
         }
       }
     }
-    $("status").textContent = t("done")(count, ((performance.now() - start) / 1000).toFixed(2));
+    setStatus("done", count, ((performance.now() - start) / 1000).toFixed(2));
   } catch (e) {
-    $("status").textContent = e.name === "AbortError" ? t("stopped") : `${t("error")}: ${e.message}`;
+    if (e.name === "AbortError") setStatus("stopped");
+    else setStatus("error", e.message);
   } finally {
     state.controller = null;
     setBusy(false);
@@ -156,14 +158,26 @@ async function* events(response) {
   }
 }
 
+function setStatus(key, ...args) {
+  state.status = [key, args];
+  drawStatus();
+}
+
+function drawStatus() {
+  if (!state.status) return;
+  const [key, args] = state.status, text = t(key);
+  $("status").textContent = key === "error" ? `${text}: ${args[0]}` : typeof text === "function" ? text(...args) : text;
+}
+
 function setBusy(busy) {
-  document.body.dataset.state = busy ? "generating" : "idle";
+  document.body.dataset.state = busy ? "generating" : "analyzing";  // analysis follows every generation
   $("generate").disabled = busy;
   $("stop").disabled = !busy;
-  if (busy) $("status").textContent = t("generating");
+  if (busy) setStatus("generating");
 }
 
 async function analyze(text, promptLength) {
+  document.body.dataset.state = "analyzing";
   try {
     const data = await post("/api/analyze", {text, top_k: 8});
     state.tokens = data.tokens;
@@ -178,7 +192,9 @@ async function analyze(text, promptLength) {
     state.query = null;  // a new text: look from its last token
     await loadAttention(text);
   } catch (e) {
-    $("status").textContent = `${t("error")}: ${e.message}`;
+    setStatus("error", e.message);
+  } finally {
+    if (!state.controller) document.body.dataset.state = "idle";
   }
 }
 
@@ -290,18 +306,23 @@ async function loadAttention(text) {
   drawQuery();
 }
 
-function paint(canvas, pattern, highlight) {
-  const n = pattern.length;
-  canvas.width = n; canvas.height = n;
+function paint(canvas, pattern, query) {
+  // Row i, column j: how much token i attends to token j (square root, so weak links stay visible).
+  const n = pattern.length, size = canvas.clientWidth > 100 ? 720 : 88, cell = size / n;
+  canvas.width = size; canvas.height = size;
   const ctx = canvas.getContext("2d");
-  const image = ctx.createImageData(n, n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
-    const v = Math.sqrt(pattern[i][j]);  // square root: weak links stay visible
-    const k = 4 * (i * n + j), dim = highlight !== null && highlight !== undefined && i !== highlight ? 0.55 : 1;
-    image.data[k] = 255 - v * 196 * dim; image.data[k + 1] = 255 - v * 164 * dim; image.data[k + 2] = 255 - v * 36 * dim;
-    image.data[k + 3] = j > i ? 60 : 255;
+  ctx.fillStyle = "#f3f4f8";
+  ctx.fillRect(0, 0, size, size);
+  for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) {
+    const v = Math.sqrt(pattern[i][j]);
+    ctx.fillStyle = `rgb(${255 - v * 196 | 0}, ${255 - v * 164 | 0}, ${255 - v * 36 | 0})`;
+    ctx.fillRect(j * cell, i * cell, Math.ceil(cell), Math.ceil(cell));
   }
-  ctx.putImageData(image, 0, 0);
+  if (query !== null && query !== undefined) {
+    ctx.strokeStyle = "#e8590c";
+    ctx.lineWidth = Math.max(2, size / 180);
+    ctx.strokeRect(0, query * cell, (query + 1) * cell, cell);
+  }
 }
 
 function drawHeads() {
@@ -395,7 +416,6 @@ async function start() {
   $("output").addEventListener("mouseleave", () => { $("tip").hidden = true; });
   $("heatmap").addEventListener("click", clickHeatmap);
   await analyze($("prompt").value, $("prompt").value.length);
-  document.body.dataset.state = "idle";
 }
 
 const currentText = () => state.text || $("prompt").value;
