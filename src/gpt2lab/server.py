@@ -10,14 +10,11 @@
   ``GET /api/model`` (the model card), ``POST /api/analyze`` (per-token loss
   and guesses, next-token logits) and ``POST /api/attention``.
 
-**One thread owns the model** (:class:`ModelWorker`).  A request becomes a
-*job*: an iterator that does one step of model work each time it is
-advanced (one new token for every row of the request).  The worker advances
-every live job in turn, so concurrent clients each see their own stream
-appear token by token, while the event loop stays free to answer ``/health``
-and to notice clients that leave.  A client that disconnects cancels its job;
-the worker drops it before its next step.  Requests beyond ``max_requests``
-(running or waiting) are refused with 429 rather than queued without end.
+**One thread owns the model** (``worker.py``): every request is a job that
+takes its turn one token at a time, so concurrent clients each see their own
+stream while the event loop stays free to answer ``/health`` and to notice
+clients that leave (which cancels their jobs).  Requests beyond
+``max_requests`` are refused with 429 rather than queued without end.
 
 Every error a client can cause is answered as OpenAI does,
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status naming
@@ -36,15 +33,14 @@ import json
 import logging
 import math
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .completions import CompletionRequest, completion_steps, parse_completion
 from .errors import APIError, UserError
+from .worker import Job, ModelWorker, run_job
 
 log = logging.getLogger("gpt2lab.server")
 
@@ -67,120 +63,6 @@ class ServeConfig:
         for name in ("max_tokens", "max_n", "max_rows", "max_requests", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-
-
-# ---------------------------------------------------------------------------
-# The model worker: one thread, jobs advanced in turn
-# ---------------------------------------------------------------------------
-
-
-class Job:
-    """One request's work: ``make_steps()`` is called on the worker thread and
-    gives an iterator; each item it yields is passed to the event loop."""
-
-    def __init__(self, make_steps: Callable[[], Iterator], loop: asyncio.AbstractEventLoop):
-        self.make_steps, self.loop = make_steps, loop
-        self.steps: Iterator | None = None
-        self.results: asyncio.Queue = asyncio.Queue()
-        self.cancelled = False
-
-    def send(self, kind: str, value) -> None:
-        self.loop.call_soon_threadsafe(self.results.put_nowait, (kind, value))
-
-    async def items(self):
-        """Yield what the job yields; return (via StopAsyncIteration) when done; raise its error."""
-        while True:
-            kind, value = await self.results.get()
-            if kind == "item":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                self.value = value
-                return
-
-
-class ModelWorker:
-    """The thread that runs the model, advancing every live job by one step per round."""
-
-    def __init__(self, max_jobs: int):
-        self.max_jobs = max_jobs
-        self.jobs: list[Job] = []
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.stopping = False
-        self.steps = 0  # steps done since the start, over all jobs (reported by /health)
-        self.thread = threading.Thread(target=self.run, name="gpt2lab-model", daemon=True)
-        self.thread.start()
-
-    def submit(self, make_steps: Callable[[], Iterator]) -> Job:
-        job = Job(make_steps, asyncio.get_running_loop())
-        with self.lock:
-            if len(self.jobs) >= self.max_jobs:
-                raise APIError(429, f"the server is busy with {len(self.jobs)} requests (the limit, set by "
-                                    "--max-requests); try again in a moment", kind="rate_limit_error",
-                               code="too_many_requests")
-            self.jobs.append(job)
-        self.wake.set()
-        return job
-
-    def busy(self) -> int:
-        return len(self.jobs)
-
-    def run(self) -> None:
-        while not self.stopping:
-            with self.lock:
-                jobs = list(self.jobs)
-            if not jobs:
-                self.wake.wait(0.5)
-                self.wake.clear()
-                continue
-            for job in jobs:
-                if self.advance(job):
-                    with self.lock:
-                        self.jobs.remove(job)
-
-    def advance(self, job: Job) -> bool:
-        """One step of ``job``; True when it is over (finished, failed or cancelled)."""
-        try:
-            if job.cancelled:
-                if job.steps is not None:
-                    job.steps.close()
-                return True
-            if job.steps is None:
-                job.steps = job.make_steps()
-            item = next(job.steps)
-            self.steps += 1
-            job.send("item", item)
-            return False
-        except StopIteration as done:
-            job.send("done", done.value)
-        except APIError as e:
-            job.send("error", e)
-        except (UserError, ValueError) as e:
-            job.send("error", APIError(400, str(e)))
-        except Exception as e:  # noqa: BLE001 - logged here, never shown to the client
-            log.exception("request failed")
-            job.send("error", APIError(500, f"internal error ({type(e).__name__}); see the server's log",
-                                       kind="server_error"))
-        return True
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.wake.set()
-
-
-async def run_job(worker: ModelWorker, fn: Callable[[], object]):
-    """Run ``fn()`` on the model thread and return its result."""
-
-    def steps():
-        return fn()
-        yield  # a generator that finishes in one step
-
-    job = worker.submit(steps)
-    async for _ in job.items():
-        pass
-    return job.value
 
 
 # ---------------------------------------------------------------------------

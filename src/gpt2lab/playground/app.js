@@ -58,7 +58,7 @@ const TEXT = {
 const state = {
   lang: localStorage.getItem("gpt2lab-lang") || "en",
   card: null, logits: null, top: [], tokens: [], promptLength: 0,
-  attention: null, head: 0, query: null, controller: null, analyzeTimer: null,
+  attention: null, head: 0, query: null, controller: null, analyzeTimer: null, analyses: 0,
 };
 const t = (key) => TEXT[state.lang][key];
 
@@ -99,6 +99,8 @@ function samplingFields() {
 
 async function generate() {
   const prompt = $("prompt").value;
+  clearTimeout(state.analyzeTimer);
+  state.analyses += 1;  // an analysis of the prompt still on its way is not drawn over the stream
   state.controller = new AbortController();
   setBusy(true);
   const out = $("output");
@@ -177,9 +179,11 @@ function setBusy(busy) {
 }
 
 async function analyze(text, promptLength) {
+  const ticket = ++state.analyses;  // a newer analysis or a generation makes this one stale
   document.body.dataset.state = "analyzing";
   try {
     const data = await post("/api/analyze", {text, top_k: 8});
+    if (ticket !== state.analyses || state.controller) return;
     state.tokens = data.tokens;
     state.dropped = data.dropped;
     state.promptLength = promptLength;
@@ -190,11 +194,11 @@ async function analyze(text, promptLength) {
     drawTokens();
     drawBars();
     state.query = null;  // a new text: look from its last token
-    await loadAttention(text);
+    await loadAttention(text, ticket);
   } catch (e) {
     setStatus("error", e.message);
   } finally {
-    if (!state.controller) document.body.dataset.state = "idle";
+    if (!state.controller && ticket === state.analyses) document.body.dataset.state = "idle";
   }
 }
 
@@ -297,9 +301,11 @@ const escape = (s) => s.replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", "
 // Attention: a layer's heads as thumbnails, one head large, one token's row
 // ---------------------------------------------------------------------------
 
-async function loadAttention(text) {
+async function loadAttention(text, ticket = state.analyses) {
   if (!text) return;
-  state.attention = await post("/api/attention", {text, layer: Number($("layer").value) || 0});
+  const attention = await post("/api/attention", {text, layer: Number($("layer").value) || 0});
+  if (ticket !== state.analyses || state.controller) return;
+  state.attention = attention;
   if (state.query === null || state.query >= state.attention.tokens.length) state.query = state.attention.tokens.length - 1;
   drawHeads();
   drawHeatmap();
