@@ -161,6 +161,13 @@ def test_n_choices_stop_strings_and_usage(client):
     assert chunks[-2].choices[0].finish_reason == "length"
 
 
+def test_top_k_one_is_greedy(client):
+    greedy = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=20, temperature=0).choices[0].text
+    sampled = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=20, temperature=1.5, seed=1,
+                                        extra_body={"top_k": 1})
+    assert sampled.choices[0].text == greedy
+
+
 def test_analysis_endpoints(server):
     import torch
 

@@ -13,7 +13,7 @@ const TEXT = {
     title: "playground", tagline: "Watch a GPT-2 think: what it expects next, how surprised it is, where it looks.",
     prompt: "Prompt", generate: "Generate", stop: "Stop", temperature: "Temperature", topp: "Top-p",
     topk: "Top-k (0: all)", maxtokens: "Max new tokens", seed: "Seed (empty: random)",
-    "hint-temp": "Temperature 0 always takes the most likely token. Move it and watch the bars.",
+    "hint-temp": "Temperature 0 always takes the most likely token. Move it and watch the bars. Ctrl+Enter generates.",
     "next-title": "Next token",
     "next-hint": "The model's probabilities for the token that comes next: softmax(logits / temperature), after top-k and top-p. Grey: cut by the filters.",
     "text-title": "Tokens and surprise",
@@ -23,7 +23,9 @@ const TEXT = {
     layer: "Layer", head: "head", "model-title": "Model card",
     footer: "Served by gpt2lab on this machine; nothing is loaded from the internet. The same model answers OpenAI's completions API at /v1.",
     generating: "generating…", stopped: "stopped", done: (n, s) => `${n} tokens in ${s} s`,
-    mean: (l) => `mean loss ${l} nats/token`, dropped: (n) => `(the first ${n} tokens are beyond the context)`,
+    mean: (l) => `mean loss ${l} nats/token`,
+    spread: (h, k) => `entropy ${h} bits: as uncertain as a fair choice among ${k} tokens`,
+    cell: (a, b, p) => `${a} → ${b}: ${p}% of its attention`, dropped: (n) => `(the first ${n} tokens are beyond the context)`,
     tipId: "id", tipProb: "probability", tipLoss: "loss", tipGuess: "the model's top guesses here",
     looks: (t) => `Where ${t} looks (layer and head above); later tokens are hidden from it.`,
     card: { preset: "Preset", parameters: "Parameters", tokenizer: "Tokenizer", run: "Training run",
@@ -35,7 +37,7 @@ const TEXT = {
     title: "bac à sable", tagline: "Regardez un GPT-2 réfléchir : ce qu'il attend ensuite, sa surprise, où il regarde.",
     prompt: "Début du texte", generate: "Générer", stop: "Arrêter", temperature: "Température", topp: "Top-p",
     topk: "Top-k (0 : tous)", maxtokens: "Jetons nouveaux (max.)", seed: "Graine (vide : au hasard)",
-    "hint-temp": "À température 0, le jeton le plus probable est toujours choisi. Bougez-la et regardez les barres.",
+    "hint-temp": "À température 0, le jeton le plus probable est toujours choisi. Bougez-la et regardez les barres. Ctrl+Entrée génère.",
     "next-title": "Jeton suivant",
     "next-hint": "Les probabilités du modèle pour le jeton suivant : softmax(logits / température), après top-k et top-p. En gris : écartés par les filtres.",
     "text-title": "Jetons et surprise",
@@ -45,7 +47,9 @@ const TEXT = {
     layer: "Couche", head: "tête", "model-title": "Fiche du modèle",
     footer: "Servi par gpt2lab sur cette machine ; rien n'est chargé depuis Internet. Le même modèle répond à l'API de complétions d'OpenAI sous /v1.",
     generating: "génération…", stopped: "arrêté", done: (n, s) => `${n} jetons en ${s} s`,
-    mean: (l) => `perte moyenne ${l} nats/jeton`, dropped: (n) => `(les ${n} premiers jetons sortent du contexte)`,
+    mean: (l) => `perte moyenne ${l} nats/jeton`,
+    spread: (h, k) => `entropie ${h} bits : autant d'incertitude qu'un choix équitable entre ${k} jetons`,
+    cell: (a, b, p) => `${a} → ${b} : ${p} % de son attention`, dropped: (n) => `(les ${n} premiers jetons sortent du contexte)`,
     tipId: "id", tipProb: "probabilité", tipLoss: "perte", tipGuess: "les meilleurs paris du modèle ici",
     looks: (t) => `Où regarde ${t} (couche et tête ci-dessus) ; les jetons suivants lui sont cachés.`,
     card: { preset: "Préréglage", parameters: "Paramètres", tokenizer: "Tokeniseur", run: "Entraînement",
@@ -70,6 +74,7 @@ function setLanguage(lang) {
   for (const b of document.querySelectorAll(".lang button")) b.classList.toggle("on", b.dataset.lang === lang);
   drawCard();
   drawStatus();
+  drawBars();
   drawTokens();
   drawHeads();
   drawQuery();
@@ -250,6 +255,9 @@ function drawBars() {
     row.querySelector(".pct").textContent = `${(100 * probs[c.id]).toFixed(1)}%`;
     return row;
   }));
+  let entropy = 0;
+  for (const p of probs) if (p > 0) entropy -= p * Math.log2(p);
+  $("spread").textContent = t("spread")(entropy.toFixed(2), Math.pow(2, entropy).toFixed(1));
 }
 
 const visible = (s) => s.replace(/\n/g, "↵").replace(/ /g, "·") || "∅";
@@ -368,10 +376,27 @@ function drawQuery() {
   $("att-caption").textContent = t("looks")(`“${visible(att.tokens[state.query])}”`);
 }
 
+function heatmapCell(event) {
+  const box = event.target.getBoundingClientRect(), n = state.attention.tokens.length;
+  const at = (x, size) => Math.min(n - 1, Math.max(0, Math.floor(x / size * n)));
+  return [at(event.clientY - box.top, box.height), at(event.clientX - box.left, box.width)];
+}
+
+function hoverHeatmap(event) {
+  const tip = $("tip");
+  if (!state.attention) return;
+  const [i, j] = heatmapCell(event), tokens = state.attention.tokens;
+  if (j > i) { tip.hidden = true; return; }
+  const p = (100 * state.attention.patterns[state.head][i][j]).toFixed(1);
+  tip.innerHTML = t("cell")(`<code>${escape(visible(tokens[i]))}</code>`, `<code>${escape(visible(tokens[j]))}</code>`, p);
+  tip.hidden = false;
+  tip.style.left = `${event.clientX + 14}px`;
+  tip.style.top = `${event.clientY + 16}px`;
+}
+
 function clickHeatmap(event) {
   if (!state.attention) return;
-  const box = event.target.getBoundingClientRect();
-  state.query = Math.min(state.attention.tokens.length - 1, Math.floor((event.clientY - box.top) / box.height * state.attention.tokens.length));
+  state.query = heatmapCell(event)[0];
   drawHeatmap();
   drawQuery();
 }
@@ -421,6 +446,11 @@ async function start() {
   $("output").addEventListener("mousemove", showTip);
   $("output").addEventListener("mouseleave", () => { $("tip").hidden = true; });
   $("heatmap").addEventListener("click", clickHeatmap);
+  $("heatmap").addEventListener("mousemove", hoverHeatmap);
+  $("heatmap").addEventListener("mouseleave", () => { $("tip").hidden = true; });
+  $("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !state.controller) generate();
+  });
   await analyze($("prompt").value, $("prompt").value.length);
 }
 
