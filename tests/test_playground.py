@@ -77,33 +77,17 @@ def test_playground_in_chromium(page, tmp_path):
 
     d = page
     assert d.find_element("id", "card").text  # the model card is filled in
-    # Type a prompt and generate; record the generated text's length at every change.
-    prompt = d.find_element("id", "prompt")
-    prompt.clear()
-    prompt.send_keys("JULIET:\nO Romeo, Romeo")
-    max_tokens = d.find_element("id", "max-tokens")
-    max_tokens.clear()
-    max_tokens.send_keys("120")
-    wait_for(d, lambda: state(d) == "idle", "the prompt's analysis")
     d.execute_script("""
         window.seen = [];
         new MutationObserver(() => {
           const s = document.querySelector('#output .streaming');
           if (s) window.seen.push(s.textContent.length);
         }).observe(document.getElementById('output'), {subtree: true, childList: true, characterData: true});""")
-    d.find_element("id", "generate").click()
-    wait_for(d, lambda: state(d) == "generating", "generation to start", 30)
-    wait_for(d, lambda: state(d) == "idle", "generation to end")
-    seen = d.execute_script("return window.seen")
-    assert len(set(seen)) >= 5 and seen == sorted(seen), seen  # the text grew chunk by chunk
-    status = d.find_element("id", "status").text
-    assert "tokens in" in status, status
-    tokens = d.find_elements("css selector", "#output .t")
-    assert len(tokens) > 10 and any("gen" in t.get_attribute("class") for t in tokens)
-
+    max_tokens = d.find_element("id", "max-tokens")
     # Stop: a long generation cancelled as soon as it starts.
     max_tokens.clear()
     max_tokens.send_keys("1000")
+    d.execute_script("window.seen = []")
     d.find_element("id", "generate").click()
     wait_for(d, lambda: d.execute_script("return (window.seen.at(-1) || 0) > 0 && document.body.dataset.state === 'generating'"),
              "the first tokens", 60)
@@ -113,7 +97,23 @@ def test_playground_in_chromium(page, tmp_path):
     assert d.find_element("id", "status").text == "stopped"
     time.sleep(0.5)
     assert d.execute_script("return window.seen.at(-1)") == stopped_at  # nothing more arrives
+
+    # Type a prompt and generate; record the generated text's length at every change.
+    prompt = d.find_element("id", "prompt")
+    prompt.clear()
+    prompt.send_keys("JULIET:\nO Romeo, Romeo")
+    max_tokens.clear()
+    max_tokens.send_keys("90")
+    d.execute_script("window.seen = []")
+    d.find_element("id", "generate").click()
+    wait_for(d, lambda: state(d) == "generating", "generation to start", 30)
+    wait_for(d, lambda: state(d) == "idle", "generation to end")
+    seen = d.execute_script("return window.seen")
+    assert len(set(seen)) >= 5 and seen == sorted(seen), seen  # the text grew chunk by chunk
+    status = d.find_element("id", "status").text
+    assert "tokens in" in status, status
     tokens = d.find_elements("css selector", "#output .t")
+    assert len(tokens) > 10 and any("gen" in t.get_attribute("class") for t in tokens)
 
     # Hover a token: its id, probability and the model's guesses.
     ActionChains(d).move_to_element(tokens[-1]).perform()
@@ -161,10 +161,14 @@ def test_playground_in_chromium(page, tmp_path):
     d.find_element("id", "lang-en").click()
     assert d.find_element("id", "generate").text == "Generate"
 
+    # For the picture: the last token's attention, and a token's details on hover.
+    d.find_elements("css selector", "#att-tokens span")[-1].click()
+    d.execute_script("window.scrollTo(0, 0)")
+    ActionChains(d).move_to_element(d.find_elements("css selector", "#output .t.gen")[4]).perform()
+
     errors = [e for e in d.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == [], errors
     shot = tmp_path / "playground.png"
-    d.execute_script("window.scrollTo(0, 0)")
     assert d.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("GPT2LAB_SCREENSHOT"):
         Path(os.environ["GPT2LAB_SCREENSHOT"]).parent.mkdir(parents=True, exist_ok=True)
