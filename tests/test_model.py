@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import random_hf_model
 from gpt2lab.checkpoint import hf_to_gpt2lab, load_state_strict
-from gpt2lab.model import FEW_ROWS, GPT, GPTConfig, KVCache, LayerNorm, causal_mask, gelu, matmul
+from gpt2lab.model import FEW_ROWS, GPT, Embed, GPTConfig, KVCache, LayerNorm, causal_mask, gelu, matmul
 
 transformers = pytest.importorskip("transformers")
 
@@ -159,6 +159,29 @@ def test_plain_and_fused_attention_agree_with_dropout_off_and_gradients():
         grads.append(model.blocks[0].attn.W_Q.grad.clone())
     assert err(*outs) <= 1e-5
     assert err(*grads) <= 1e-6
+
+
+def test_embedding_gradient_is_the_same_every_time_and_equals_plain_indexing(threads):
+    """Indexing's backward adds the gradients of repeated tokens with atomic
+    adds from several cores, in an order that changes from run to run.
+    ``Embed``'s must add them in batch order, bit for bit, every time, on
+    several cores and a batch big enough for them to split it."""
+    threads(max(2, torch.get_num_threads()))  # the default count, and never fewer than 2
+    embed = Embed(GPTConfig(d_vocab=64, d_model=64, n_ctx=8, n_heads=4, n_layers=1))
+    torch.nn.init.normal_(embed.W_E)
+    tokens = torch.randint(0, 64, (16, 1024))  # 16,384 tokens: each row of W_E sums about 256 vectors
+    upstream = torch.randn(16, 1024, 64)  # d loss / d embedding
+    in_batch_order = torch.zeros(64, 64).index_add_(0, tokens.flatten(), upstream.flatten(0, 1))  # one add at a time
+
+    def grad(forward):
+        embed.W_E.grad = None
+        (forward(tokens) * upstream).sum().backward()
+        return embed.W_E.grad.clone()
+
+    for _ in range(10):  # plain indexing: about 19 in 20 differ on 2 cores
+        assert torch.equal(grad(embed.forward), in_batch_order)
+    torch.testing.assert_close(grad(embed.forward_plain), in_batch_order, rtol=0, atol=1e-4)
+    assert torch.equal(embed.forward(tokens), embed.forward_plain(tokens))
 
 
 def test_layernorm_plain_equals_fused():

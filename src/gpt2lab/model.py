@@ -239,7 +239,19 @@ def matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 class Embed(nn.Module):
     """Token embedding: row ``t`` of ``W_E`` is the vector for token ``t``.
-    The same matrix, transposed, later turns vectors back into logits."""
+    The same matrix, transposed, later turns vectors back into logits.
+
+    The lookup is plain indexing, ``W_E[tokens]``, but its *gradient* is
+    where the order of additions matters.  Row ``t`` of the gradient sums
+    one vector per occurrence of token ``t`` in the batch.  Indexing's
+    backward (``index_put_`` with ``accumulate=True``) splits the batch over
+    the CPU cores, and each core adds its vectors into the shared rows with
+    atomic float additions, in whatever order the cores arrive: the sum, and
+    so the whole run, changes in the last bits from one run to the next.
+    ``F.embedding`` gives each core a range of *rows* instead, and each adds
+    its tokens in batch order: the same sum every time, just as fast.
+    ``forward_plain`` keeps the indexing, and ``tests/test_model.py`` checks
+    that the two agree."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -247,7 +259,10 @@ class Embed(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # tokens: (batch, pos) integer ids
-        return self.W_E[tokens]  # (batch, pos, d_model)
+        return F.embedding(tokens, self.W_E)  # (batch, pos, d_model), a reproducible gradient
+
+    def forward_plain(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.W_E[tokens]  # (batch, pos, d_model), the same lookup; its gradient's sum order varies
 
 
 class PosEmbed(nn.Module):
@@ -261,6 +276,7 @@ class PosEmbed(nn.Module):
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         # positions: (pos,) or (batch, pos) integer positions
         return self.W_pos[positions]  # (pos, d_model) or (batch, pos, d_model)
+        # (a training batch's positions are all different: no sums in the gradient to reorder)
 
 
 class LayerNorm(nn.Module):
