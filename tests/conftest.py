@@ -1,6 +1,8 @@
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +92,51 @@ def threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
+
+
+# Sized so that several cores split the token embedding's gradient (its backward
+# runs in parallel past 32,768 elements: here 32 x 32 tokens x d_model 64).
+PARALLEL_SIZED = ["--preset", "tiny", "--n-ctx", "32", "--batch-size", "32", "--warmup-steps", "2",
+                  "--eval-batches", "1", "--sample-tokens", "0", "--progress", "false", "--seed", "9"]
+
+
+def metric_rows(run_dir):
+    """Every row of metrics.jsonl, wall-clock fields left out."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "elapsed")} for r in rows]
+
+
+def final_state(run_dir) -> dict:
+    """Every tensor and number of a run's newest checkpoint: weights, AdamW
+    moments, sampler and RNG states, step (wall-clock time left out)."""
+    from safetensors.torch import load_file
+
+    from gpt2lab.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    flat = {f"weights.{k}": v for k, v in load_file(ckpt / "model.safetensors").items()}
+
+    def walk(prefix, obj):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(f"{prefix}.{i}", v)
+        elif not prefix.endswith(".elapsed"):
+            flat[prefix] = obj
+
+    walk("state", torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True))
+    return flat
+
+
+def assert_same_run(a, b):
+    """Bit for bit: every metrics row (timings aside) and every final tensor."""
+    rows_a, rows_b = metric_rows(a), metric_rows(b)
+    first = next((ra["step"] for ra, rb in zip(rows_a, rows_b) if ra != rb), None)
+    assert rows_a == rows_b, f"the runs part at step {first}"
+    state_a, state_b = final_state(a), final_state(b)
+    assert state_a.keys() == state_b.keys()
+    differ = [k for k, v in state_a.items()
+              if not (torch.equal(v, state_b[k]) if isinstance(v, torch.Tensor) else v == state_b[k])]
+    assert not differ, f"final tensors differ: {differ[:8]}"

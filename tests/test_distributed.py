@@ -4,6 +4,7 @@ and the refusals."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from gpt2lab.checkpoint import latest_checkpoint, load_model
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPTConfig
 
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import PARALLEL_SIZED, ROOT, assert_same_run, assert_user_error, metric_rows, run_cli
 
 pytestmark = pytest.mark.usefixtures("token_cache")
 
@@ -144,6 +145,46 @@ def test_a_dead_rank_stops_the_job_and_the_run_resumes(corpus, tmp_path):
     result = T.train(T.TrainConfig(), resume=run, train_overrides=dict(batch_size=4, max_steps=step + 1),
                      log=runs.quiet)
     assert result.step == step + 1
+
+
+@pytest.mark.slow
+def test_two_processes_resume_after_kill_9_to_the_uninterrupted_run(corpus, tmp_path):
+    """``--nproc 2`` at the default settings: a job killed outright (``kill -9``
+    of the launcher and both ranks, asserted) and resumed on two processes
+    ends with every metrics row and every final tensor of an uninterrupted
+    two-process run."""
+    args = ["--data", str(corpus), *PARALLEL_SIZED, "--batch-size", "16", "--nproc", "2", "--device", "cpu",
+            "--max-steps", "8", "--eval-every", "4", "--checkpoint-every", "3"]
+    full = run_cli("train", "--out", tmp_path / "full", *args)
+    assert full.returncode == 0, full.stderr
+    cut = tmp_path / "cut"
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--out", str(cut), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if (cut / "metrics.jsonl").is_file() and len((cut / "metrics.jsonl").read_text().splitlines()) >= 4:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        ranks = [rank_pid(proc.pid, r) for r in (0, 1)]
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks (one process group)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        proc.kill()
+    assert None not in ranks
+    gone = time.time() + 30  # (reaped by init once the launcher is gone)
+    while time.time() < gone and any(Path(f"/proc/{pid}").exists() for pid in ranks):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks), "a rank survived kill -9"
+    killed_at = metric_rows(cut)[-1]["step"]
+    assert 4 <= killed_at < 8
+    resumed = run_cli("train", "--resume", cut, "--nproc", "2", "--progress", "false")
+    assert resumed.returncode == 0, resumed.stderr
+    resumed_from = int(re.search(rf"resuming {re.escape(str(cut))} from step (\d+)", resumed.stdout).group(1))
+    assert resumed_from in (3, 6) and resumed_from <= killed_at
+    assert_same_run(cut, tmp_path / "full")
 
 
 def test_resume_keeps_the_global_batch(corpus, tmp_path):

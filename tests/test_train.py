@@ -18,7 +18,7 @@ from gpt2lab.checkpoint import latest_checkpoint, load_model
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPT, GPTConfig
 
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import PARALLEL_SIZED, ROOT, assert_same_run, assert_user_error, run_cli
 
 
 pytestmark = pytest.mark.usefixtures("token_cache")
@@ -230,31 +230,61 @@ def test_unwritable_out_dir(tmp_path, corpus):
     assert_user_error(proc, "cannot write")
 
 
+def test_two_runs_with_one_seed_are_bit_identical(corpus, tmp_path):
+    """At the default settings (threads: one per core, at least 2 in CI;
+    autocast, loss chunk, AdamW, tokenizer) and a batch big enough for the
+    cores to split its work: every metrics row and every final tensor."""
+    for name in ("a", "b"):
+        T.train(cfg(corpus, tmp_path / name, batch_size=32, seed=9), GPTConfig.from_preset("tiny"), log=quiet)
+    assert torch.get_num_threads() >= min(2, os.cpu_count())  # what train() chose: several threads
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_deterministic_kernels_change_nothing_on_a_cpu(corpus, tmp_path):
+    """``--deterministic`` (every op must have a deterministic kernel) runs,
+    and gives the very run the default settings give: on a CPU they already are."""
+    try:
+        for name, deterministic in (("default", False), ("deterministic", True)):
+            T.train(cfg(corpus, tmp_path / name, batch_size=32, seed=9, max_steps=4, deterministic=deterministic),
+                    GPTConfig.from_preset("tiny"), log=quiet)
+            assert torch.are_deterministic_algorithms_enabled() == deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert_same_run(tmp_path / "default", tmp_path / "deterministic")
+
+
 @pytest.mark.slow
-def test_cli_trains_resumes_after_kill_9_and_prints_sample(corpus, tmp_path):
-    """A run killed with SIGKILL leaves a loadable checkpoint and resumes to
-    the losses of an uninterrupted run."""
+def test_cli_resumes_after_kill_9_to_the_uninterrupted_run(corpus, tmp_path):
+    """``kill -9`` in the middle of a run (asserted: the process died of
+    signal 9, before its last step, past a checkpoint), then ``--resume``:
+    every metrics row and every final tensor equal the uninterrupted run's."""
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
-    args = ["--data", str(corpus), "--preset", "tiny", "--n-ctx", "16", "--batch-size", "4", "--max-steps", "12",
-            "--warmup-steps", "2", "--eval-every", "4", "--eval-batches", "1", "--checkpoint-every", "2",
-            "--sample-tokens", "0", "--progress", "false", "--seed", "9"]
+    args = ["--data", str(corpus), *PARALLEL_SIZED, "--max-steps", "12", "--eval-every", "4",
+            "--checkpoint-every", "2"]
     full = run_cli("train", "--out", tmp_path / "full", *args, "--sample-tokens", "12")
     assert full.returncode == 0, full.stderr
     assert "sample" in full.stdout and (tmp_path / "full" / "loss.png").is_file()
     proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--out", str(tmp_path / "cut"), *args],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "cut" / "metrics.jsonl"
-    deadline = time.time() + 120
+    deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
             break
-        time.sleep(0.02)
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = max(int(line.split('"step": ')[1].split(",")[0]) for line in metrics.read_text().splitlines()
+                    if '"step": ' in line)
+    assert 5 <= killed_at < 12
     load_model(tmp_path / "cut")  # the last checkpoint is complete
     resumed = run_cli("train", "--resume", tmp_path / "cut", "--progress", "false")
     assert resumed.returncode == 0, resumed.stderr
-    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    resumed_from = int(resumed.stdout.split(" from step ")[1].split()[0])
+    assert f"resuming {tmp_path / 'cut'} from step" in resumed.stdout and 2 <= resumed_from <= killed_at
+    assert_same_run(tmp_path / "cut", tmp_path / "full")
 
 
 def test_char_tokenizer_is_built_from_the_corpus_and_saved(corpus, tmp_path):

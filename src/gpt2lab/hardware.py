@@ -116,3 +116,20 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: MPS is not available; use --device cpu")
     return device
+
+
+def use_deterministic_kernels(device: torch.device) -> None:
+    """``--deterministic``: from now on, in this process, every PyTorch op
+    must run a deterministic kernel, or stop with an error naming itself.
+
+    On a CPU, training is deterministic without it (see ``Embed`` in
+    ``model.py``); this only adds checks, and fills fresh buffers before use.
+    On CUDA, some fast kernels add floats with atomics, in an order that
+    varies from run to run; this swaps them for deterministic ones, which can
+    be slower, and makes cuBLAS use fixed workspaces (which must be set
+    before its first use: call this before anything runs on the GPU)."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)

@@ -59,6 +59,7 @@ class TrainConfig:
     autocast: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16, else fp32), bf16, off
     adamw: str = "fused"  # AdamW implementation: fused, foreach, loop (fused/foreach fall back to loop where unsupported)
     compile: bool = False  # torch.compile the loss (slow to start; measured no faster on 2 CPU cores)
+    deterministic: bool = False  # deterministic kernels everywhere, at a cost on GPUs (the CPU path always is; README)
     # when to stop (whichever comes first)
     max_steps: int = 700
     epochs: float | None = None  # passes over the training windows, sampled without replacement

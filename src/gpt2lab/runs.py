@@ -39,7 +39,7 @@ from .checkpoint import CHECKPOINTS, MODEL_FILE, MODEL_META, fsync_dir, latest_c
     read_json, read_safetensors, save_model, torch_load_safely, write_bytes_atomic, write_json
 from .distributed import Ranks, env_ranks, start as start_ranks
 from .errors import UserError
-from .hardware import physical_cores, resolve_device
+from .hardware import physical_cores, resolve_device, use_deterministic_kernels
 from .model import GPT, GPTConfig
 from .recipe import DEFAULT_MODEL_OVERRIDES, DEFAULT_PRESET, TrainConfig, adamw_flags, loss_function, make_optimizer
 
@@ -134,6 +134,8 @@ def set_up(cfg: TrainConfig, model_cfg: GPTConfig, ckpt: Path | None, fit_vocab:
 
     here = env_ranks()  # (rank, local rank, world size) under torchrun, else None
     device = resolve_device(cfg.device, here[1] if here else None)
+    if cfg.deterministic:
+        use_deterministic_kernels(device)
     ranks = start_ranks(device, cfg.backend)
     log = log if ranks.is_main else quiet  # only rank 0 speaks
     run_dir = Path(ranks.from_main(cfg.out))  # one run directory, rank 0's (its default has a timestamp)
@@ -399,7 +401,7 @@ def load_training_state(ckpt: Path) -> dict:
 RESUMABLE_CHANGES = {"max_steps", "epochs", "max_minutes", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "sample_tokens", "sample_temperature", "sample_top_k", "progress",
                      "device", "backend", "threads", "out", "on_nan", "spike_factor", "loss_chunk",
-                     "autocast", "adamw", "compile"}
+                     "autocast", "adamw", "compile", "deterministic"}
 # May change when resuming as long as the global batch stays the same (e.g. on more processes).
 BATCH_LAYOUT = {"batch_size", "grad_accum"}
 

@@ -1,0 +1,70 @@
+"""What reproducible training costs: training tokens/s, side by side, of
+``W_E[tokens]`` (the token embedding by indexing, whose gradient adds with
+atomics in an order that varies run to run: the code before the fix),
+``F.embedding`` (the default now: the same bits every run), and
+``F.embedding`` under ``--deterministic`` (``torch.use_deterministic_algorithms``).
+
+``python -m benchmarks.determinism --rounds 6``: the default recipe's step
+(``mini`` with a 128-token context, a 4,096-token vocabulary, batch 16, the
+default autocast, loss chunk and AdamW), the two variants taking turns
+(A B C, B C A, C A B, ...) in one process; medians over the rounds and their ratio.
+The batch is Shakespeare's GPT-2 token ids folded into 4,096 (``id % 4096``),
+to keep real text's repeated tokens."""
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from benchmarks.train import ours_step, shakespeare_batch
+from gpt2lab.model import Embed, GPTConfig
+
+# name: (the embedding's forward, deterministic algorithms)
+VARIANTS = {"indexing": (Embed.forward_plain, False), "F.embedding": (Embed.forward, False),
+            "--deterministic": (Embed.forward, True)}
+
+
+def run(rounds: int = 6, steps: int = 5, batch: int = 16, log=print) -> dict:
+    cfg = GPTConfig.from_preset("mini", n_ctx=128, d_vocab=4096)
+    x, y = shakespeare_batch(batch, cfg.n_ctx)
+    x, y = x % cfg.d_vocab, y % cfg.d_vocab
+    step, threads, _, dtype = ours_step(cfg, {})
+    forward = Embed.forward
+    tok_s = {name: [] for name in VARIANTS}
+    try:
+        step(x, y)  # the first step allocates the gradients and the AdamW state
+        for r in range(rounds):
+            names = list(VARIANTS)[r % len(VARIANTS):] + list(VARIANTS)[:r % len(VARIANTS)]  # each goes first in turn
+            for name in names:
+                variant, deterministic = VARIANTS[name]
+                Embed.forward = variant
+                torch.use_deterministic_algorithms(deterministic)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step(x, y)
+                tok_s[name].append(steps * x.numel() / (time.perf_counter() - start))
+            log(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:,.0f} tok/s" for n, v in tok_s.items()))
+    finally:
+        Embed.forward = forward
+        torch.use_deterministic_algorithms(False)
+    median = {n: statistics.median(v) for n, v in tok_s.items()}
+    log(f"median tokens/s over {rounds} rounds ({threads} threads, matmuls in {dtype}): "
+        + ", ".join(f"{n} {m:,.0f}" for n, m in median.items()))
+    for name in ("F.embedding", "--deterministic"):
+        ratios = [b / a for a, b in zip(tok_s["indexing"], tok_s[name])]
+        log(f"{name} / indexing: ratio of medians {median[name] / median['indexing']:.3f}, per round "
+            + ", ".join(f"{q:.2f}" for q in ratios))
+    return {"tokens_per_sec": tok_s, "median": median, "threads": threads, "dtype": str(dtype)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.determinism", description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=5, help="training steps per variant per round")
+    args = p.parse_args(argv)
+    run(args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+    main()
