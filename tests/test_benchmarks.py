@@ -48,3 +48,14 @@ def test_shards_benchmark_compares_with_tiktoken():
 
     r = shards.run(rounds=1, log=lambda s: None)
     assert "| gpt2lab" in shards.table(r) and "tiktoken" in shards.table(r)
+
+
+def test_tokenizers_benchmark_times_each_step_and_compares_the_trainers():
+    from benchmarks import tokenizers
+
+    result = tokenizers.run((300,), repeat=1, teaching_size=280, log=lambda s: None)
+    steps = result["runs"][0]["median"]
+    assert set(steps) == {"read", "count", "merges", "total"} and steps["total"][0] > 0
+    assert result["teaching"]["same_merges"] is True
+    assert result["density"]["bpe-300"]["n_vocab"] == 300
+    assert "| 300 |" in tokenizers.table(result)
