@@ -53,6 +53,7 @@ proves the two produce the same tokens.
 from __future__ import annotations
 
 import codecs
+import copy
 import dataclasses
 import random
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ from .tokenizer import Tokenizer
 
 MAX_NEW_TOKENS = 100_000  # cap on --max-new-tokens
 MAX_SAMPLES = 64  # cap on --num-samples (they run as one batch)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --dtype: the weights' number format
 
 
 @dataclass
@@ -83,9 +85,12 @@ class SamplingConfig:
     seed: int | None = None  # None: a fresh random seed (reported, so a sample can be reproduced)
     stop: tuple[str, ...] = ()  # stop when the new text contains any of these
     stop_at_eot: bool = True  # stop at <|endoftext|>
+    dtype: str = "fp32"  # the weights' format while generating: fp32, or bf16 (half the bytes to read per token)
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise UserError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {self.max_new_tokens}")
         if not 1 <= self.num_samples <= MAX_SAMPLES:
@@ -268,6 +273,18 @@ def generate_ids(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_
             logits = run_newest() if cache is not None else run_window()
 
 
+def model_in_dtype(model: GPT, dtype: str) -> GPT:
+    """A copy of ``model`` whose weights, activations and KV cache are in ``dtype``.
+
+    At batch 1 a generation step reads every weight once and does little
+    else, so its speed is memory bandwidth / the weights' bytes: bf16 halves
+    the bytes.  Logits are turned back to fp32 before sampling.  bf16 keeps
+    8 bits of mantissa, so where two tokens' logits are within rounding of
+    each other greedy output can differ from fp32's (how often:
+    ``python -m benchmarks generate``)."""
+    return copy.deepcopy(model).to(DTYPES[dtype]).eval()
+
+
 def sample(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, generator: torch.Generator | None = None) -> list[int]:
     """Continue ``prompt`` (token ids) by ``max_new_tokens`` tokens; return only the new ones.
@@ -334,6 +351,15 @@ class Generator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.use_cache = use_cache
+        self.copies: dict[str, GPT] = {}  # dtype -> the model in that dtype, made on first use
+
+    def model_in(self, dtype: str) -> GPT:
+        """The model with its weights in ``dtype`` (see :func:`model_in_dtype`), made once and kept."""
+        if DTYPES[dtype] == self.model.embed.W_E.dtype:
+            return self.model
+        if dtype not in self.copies:
+            self.copies[dtype] = model_in_dtype(self.model, dtype)
+        return self.copies[dtype]
 
     def encode_prompt(self, prompt: str) -> tuple[list[int], int]:
         """The prompt's ids, cut to the context window; also how many were cut.
@@ -381,7 +407,7 @@ class Generator:
         texts: list[list[str]] = [[] for _ in rows]
         reasons = ["length"] * len(rows)
         live = set(range(len(rows)))
-        for step in generate_ids(self.model, rows, cfg, eot, self.use_cache, seed):
+        for step in generate_ids(self.model_in(cfg.dtype), rows, cfg, eot, self.use_cache, seed):
             for i, t in enumerate(step.tolist()):
                 if i not in live:
                     continue
