@@ -53,6 +53,7 @@ proves the two produce the same tokens.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import copy
 import dataclasses
 import random
@@ -62,6 +63,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .errors import UserError
+from .hardware import ThreadChooser
 from .model import GPT, KVCache
 from .tokenizer import Tokenizer
 
@@ -222,14 +224,18 @@ class Window:
 
 @torch.inference_mode()
 def generate_ids(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_id: int,
-                 use_cache: bool = True, seed: int = 0,
-                 generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                 use_cache: bool = True, seed: int = 0, generator: torch.Generator | None = None,
+                 threads: ThreadChooser | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, ``(batch,)``, ``cfg.max_new_tokens`` times.
 
     ``prompts`` must be non-empty and at most ``n_ctx`` tokens each.  The
     caller stops early by simply not asking for more.  ``use_cache=False``
     is the plain path: a full forward over the window at every step.
-    Random draws come from ``generator`` if given, else from a fresh one seeded with ``seed``."""
+    Random draws come from ``generator`` if given, else from a fresh one seeded with ``seed``.
+    On a CPU, each step runs with the thread count that ``threads`` (a
+    :class:`ThreadChooser`, kept across calls by :class:`Generator`; a fresh
+    one if None) finds fastest: all cores on a quiet machine, one when other
+    programs keep the cores busy."""
     n_ctx = model.cfg.n_ctx
     device = model.embed.W_E.device
     window = Window(prompts, n_ctx, pad_id, device)
@@ -242,19 +248,28 @@ def generate_ids(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_
         for i, row in enumerate(prompts):
             seen[i, row] = True
 
+    if device.type == "cpu":
+        threads = threads or ThreadChooser()
+
+    def stepping(record: bool):
+        """The thread count for one forward pass (a prefill is not timed: it is unlike the steps)."""
+        return threads.step(record) if device.type == "cpu" else contextlib.nullcontext()
+
     def run_window() -> torch.Tensor:
         """Prefill: run every column of the window; return the last position's logits."""
         if cache is not None:
             cache.reset()
         n = window.length
-        x = model.residual(window.tokens[:, :n], cache, window.positions(0, n), window.mask(0, n))
-        return model.unembed(x[:, -1])  # (batch, d_vocab): the last position only
+        with stepping(record=False):
+            x = model.residual(window.tokens[:, :n], cache, window.positions(0, n), window.mask(0, n))
+            return model.unembed(x[:, -1])  # (batch, d_vocab): the last position only
 
     def run_newest() -> torch.Tensor:
         """One cached step: only the newest column goes through the model."""
         n = window.length
-        x = model.residual(window.tokens[:, n - 1:n], cache, window.positions(n - 1, n), window.mask(n - 1, n))
-        return model.unembed(x[:, -1])  # (batch, d_vocab)
+        with stepping(record=True):
+            x = model.residual(window.tokens[:, n - 1:n], cache, window.positions(n - 1, n), window.mask(n - 1, n))
+            return model.unembed(x[:, -1])  # (batch, d_vocab)
 
     logits = run_window()
     for step in range(cfg.max_new_tokens):
@@ -352,6 +367,7 @@ class Generator:
         self.tokenizer = tokenizer
         self.use_cache = use_cache
         self.copies: dict[str, GPT] = {}  # dtype -> the model in that dtype, made on first use
+        self.threads = ThreadChooser()  # what it learns about this machine's load carries over between calls
 
     def model_in(self, dtype: str) -> GPT:
         """The model with its weights in ``dtype`` (see :func:`model_in_dtype`), made once and kept."""
@@ -407,7 +423,8 @@ class Generator:
         texts: list[list[str]] = [[] for _ in rows]
         reasons = ["length"] * len(rows)
         live = set(range(len(rows)))
-        for step in generate_ids(self.model_in(cfg.dtype), rows, cfg, eot, self.use_cache, seed):
+        for step in generate_ids(self.model_in(cfg.dtype), rows, cfg, eot, self.use_cache, seed,
+                                 threads=self.threads):
             for i, t in enumerate(step.tolist()):
                 if i not in live:
                     continue
