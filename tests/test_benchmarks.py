@@ -34,12 +34,17 @@ def test_train_benchmark_runs_both_sides_and_reports_mfu():
 def test_generate_benchmark_gives_the_same_tokens_as_transformers():
     from benchmarks import generate
 
-    result = generate.run(("tiny",), (1, 2), log=lambda s: None, new_tokens=8, prompt_len=4, repeats=1)
+    result = generate.run(("tiny",), (1, 2), log=lambda s: None, new_tokens=8, prompt_len=4, repeats=1,
+                          bandwidth_mib=16)
     assert [r["batch"] for r in result["runs"]] == [1, 2]
     for r in result["runs"]:
         assert r["same_tokens"] is True
-        assert r["gpt2lab_tokens_per_sec"] > 0 and r["transformers_tokens_per_sec"] > 0
-    assert "| tiny | 2 |" in generate.table(result)
+        assert all(r["rate"][k] > 0 for k in ("gpt2lab", "gpt2lab bf16", "transformers"))
+        assert r["bandwidth_GBps"] > 0 and r["weights_MB"]["bf16"] == r["weights_MB"]["fp32"] / 2
+        assert 0 < r["roofline_fraction"]["gpt2lab"] and 0 <= r["bf16_same_token_fraction"] <= 1
+    assert result["runs"][1]["bounds"]["gpt2lab"]["compute"] > 0  # batch 2: the compute bound too
+    assert set(result["contention"]["rates"]) == {"quiet", "one core busy"}
+    assert "| tiny | 2 | gpt2lab |" in generate.table(result) and "one core busy" in generate.table(result)
 
 
 @pytest.mark.slow

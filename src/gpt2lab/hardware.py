@@ -144,9 +144,10 @@ class ThreadChooser:
     FIRST_CHECK, LAST_CHECK = 16, 1024  # steps between re-checks of a losing candidate
     CHECK_COST = 20  # a check that takes r times the best step's time waits at least 20 r steps
 
-    def __init__(self, most: int | None = None, clock=time.perf_counter):
+    def __init__(self, most: int | None = None, clock=time.perf_counter, adapt: bool = True):
         most = most or torch.get_num_threads()
-        self.candidates = [1, most] if most > 1 else [1]  # one first: never slower than one thread
+        # one first: never slower than one thread; adapt=False: always `most` (for comparisons)
+        self.candidates = [1, most] if most > 1 and adapt else [most]
         self.clock = clock
         self.recent: dict[int, list[float]] = {n: [] for n in self.candidates}  # last two step times each
         self.wait = dict.fromkeys(self.candidates, self.FIRST_CHECK)  # steps until a loser is re-checked
