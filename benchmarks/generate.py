@@ -44,6 +44,7 @@ import time
 import torch
 
 from benchmarks import busy_core
+from benchmarks.train import matmul_peak
 from gpt2lab.checkpoint import gpt2lab_to_hf, hf_config
 from gpt2lab.generate import SamplingConfig, generate_ids, model_in_dtype
 from gpt2lab.hardware import ThreadChooser
@@ -66,17 +67,6 @@ def memory_bandwidth(mib: int = 512, tries: int = 3) -> float:
     x = torch.ones(mib * 2**20 // 4)
     best = min(timed(x.sum)[1] for _ in range(tries))
     return x.numel() * 4 / best
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 1536, seconds: float = 0.3) -> float:
-    """FLOP/s of a large square ``torch.mm`` loop in ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    c = torch.mm(a, b)  # warm up
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b, out=c)
-        count += 1
-    return 2 * n ** 3 * count / (time.perf_counter() - start)
 
 
 def weight_bytes(model: GPT) -> int:
@@ -159,8 +149,8 @@ def run_one(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_
     for _ in range(repeats):
         bandwidth.append(memory_bandwidth(bandwidth_mib))
         if batch > 1:
-            peaks["fp32"].append(matmul_peak(torch.float32))
-            peaks["bf16"].append(matmul_peak(torch.bfloat16))
+            peaks["fp32"].append(matmul_peak(seconds=0.3, dtype=torch.float32))
+            peaks["bf16"].append(matmul_peak(seconds=0.3, dtype=torch.bfloat16))
         for name, fn in variants.items():
             outputs[name], seconds = timed(fn)
             times[name].append(seconds)
