@@ -15,7 +15,7 @@ import torch
 
 import benchmarks
 
-BENCHMARKS = ["train", "shards", "generate", "tokenizers"]  # run by `python -m benchmarks`, in this order
+BENCHMARKS = ["train", "shards", "generate", "tokenizers", "race"]  # run by `python -m benchmarks`, in this order
 RESULTS = Path(__file__).parent / "results"
 
 

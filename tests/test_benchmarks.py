@@ -64,3 +64,17 @@ def test_tokenizers_benchmark_times_each_step_and_compares_the_trainers():
     assert result["teaching"]["same_merges"] is True
     assert result["density"]["bpe-300"]["n_vocab"] == 300
     assert "| 300 |" in tokenizers.table(result)
+
+
+@pytest.mark.slow
+def test_race_benchmark_trains_both_recipes_for_the_same_minutes(tmp_path, monkeypatch):
+    from benchmarks import race
+
+    monkeypatch.setenv("GPT2LAB_CACHE", str(tmp_path / "cache"))
+    result = race.run((0.05,), log=lambda s: None, max_chars=2000)
+    row = result["rows"][0]
+    for name in (race.ANCHOR, race.OURS):
+        assert row[name]["stopped_by"] == "max_minutes" and row[name]["steps"] > 0
+        assert 0 < row[name]["bpb"] < 10
+    assert row["ratio"] == pytest.approx(row[race.OURS]["bpb"] / row[race.ANCHOR]["bpb"])
+    assert "| 0.05 |" in race.table(result)
