@@ -23,7 +23,7 @@ def test_train_benchmark_runs_both_sides_and_reports_mfu():
     from benchmarks import train
 
     result = train.run(("mini",), rounds=1, variants={train.TRANSFORMERS: None, train.OURS: {}, "fp32": dict(autocast="off")},
-                       rss=False, batch=1, log=lambda s: None)
+                       rss=False, batch=1, log=lambda s: None, contention=False)
     rows = {r["variant"]: r for r in result["presets"][0]["rows"]}
     assert set(rows) == {train.TRANSFORMERS, train.OURS, "fp32"}
     assert all(r["tokens_per_s"] > 0 for r in rows.values())
@@ -78,3 +78,12 @@ def test_race_benchmark_trains_both_recipes_for_the_same_minutes(tmp_path, monke
         assert 0 < row[name]["bpb"] < 10
     assert row["ratio"] == pytest.approx(row[race.OURS]["bpb"] / row[race.ANCHOR]["bpb"])
     assert "| 0.05 |" in race.table(result)
+
+
+def test_train_benchmark_contention_run_reports_quiet_and_busy():
+    from benchmarks import train
+
+    c = train.run_contention(rounds=1, batch=1, n_ctx=16, d_vocab=300, log=lambda s: None)
+    assert set(c["rates"]) == {"quiet", "one core busy"}
+    assert all(v > 0 for rates in c["rates"].values() for v in rates.values())
+    assert "one core busy" in train.table({"presets": [], "contention": c})
