@@ -87,3 +87,25 @@ def test_train_benchmark_contention_run_reports_quiet_and_busy():
     assert set(c["rates"]) == {"quiet", "one core busy"}
     assert all(v > 0 for rates in c["rates"].values() for v in rates.values())
     assert "one core busy" in train.table({"presets": [], "contention": c})
+
+
+def test_sweep_benchmark_runs_every_point_of_its_grid(monkeypatch):
+    """The grid and the table (training and scoring themselves are the race's, tested above)."""
+    from benchmarks import sweep
+
+    runs = []
+
+    def fake_train(flags, minutes, out):
+        runs.append((flags, minutes))
+        return {"step": 10 * len(runs), "tokens": 100 * len(runs)}
+
+    monkeypatch.setattr(sweep, "train", fake_train)
+    monkeypatch.setattr(sweep, "held_out_bits_per_byte", lambda out, max_chars: 3.0 - 0.1 * len(runs))
+    grid = sweep.parse_grid(["n-layers=1,2", "--tokenizer=char,bpe:300"])
+    assert grid == {"n-layers": ["1", "2"], "tokenizer": ["char", "bpe:300"]}
+    result = sweep.run(grid, minutes=0.5, log=lambda s: None)
+    assert sorted(flags for flags, _ in runs) == sorted(["--n-layers", n, "--tokenizer", t]
+                                                        for n in ("1", "2") for t in ("char", "bpe:300"))
+    assert all(m == 0.5 for _, m in runs)
+    assert [r["bpb"] for r in result["rows"]] == sorted(r["bpb"] for r in result["rows"])  # best first
+    assert "| n-layers | tokenizer |" in sweep.table(result)
