@@ -115,6 +115,7 @@ def run_one(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_
 
         model = load_model(model_path)[0]
         preset = model_path
+        new_tokens = min(new_tokens, model.cfg.n_ctx - prompt_len)  # transformers stops at n_ctx
     else:
         cfg = GPTConfig.from_preset(preset)
         # HF cannot go past n_ctx (we would slide the window), so the context is
