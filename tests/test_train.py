@@ -66,7 +66,7 @@ def test_lr_schedule_follows_the_time_budget():
 
 
 def test_a_timed_run_ends_its_decay_when_time_is_up(corpus, tmp_path):
-    result = T.train(cfg(corpus, tmp_path / "run", max_steps=100_000, max_minutes=0.1, warmup_steps=2,
+    result = T.train(cfg(corpus, tmp_path / "run", max_steps=100_000, max_minutes=0.15, warmup_steps=2,
                          eval_every=100_000, checkpoint_every=100_000), tiny_model(), log=quiet)
     assert result.stopped_by == "max_minutes" and result.step < 100_000
     lrs = [r["lr"] for r in losses(tmp_path / "run") if "lr" in r]
