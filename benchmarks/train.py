@@ -25,6 +25,7 @@ is also run for one step (which allocates the gradients and the AdamW state) in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -156,9 +157,38 @@ def rss_child(spec: dict) -> None:
 
 
 def run(presets: tuple[str, ...] = tuple(SETTINGS), rounds: int = 3, variants: dict[str, dict | None] | None = None,
-        rss: bool = True, batch: int | None = None, log=print) -> dict:
-    """Every preset of ``presets``: see :func:`run_preset`."""
-    return {"presets": [run_preset(p, rounds, variants, rss, batch, log) for p in presets]}
+        rss: bool = True, batch: int | None = None, log=print, contention: bool = True) -> dict:
+    """Every preset of ``presets`` (see :func:`run_preset`), then the contention run."""
+    result = {"presets": [run_preset(p, rounds, variants, rss, batch, log) for p in presets]}
+    if contention:
+        result["contention"] = run_contention(rounds, log=log)
+    return result
+
+
+def run_contention(rounds: int = 3, batch: int = 16, n_ctx: int = 128, d_vocab: int = 4096, log=print) -> dict:
+    """Training steps of the default recipe's shape (mini, context 128, 4,096
+    tokens, batch 16), quiet and with one core kept busy by a spinning process,
+    with every core's thread and with one thread: tokens/s, medians of ``rounds``."""
+    from benchmarks import busy_core
+
+    cfg = GPTConfig.from_preset("mini", n_ctx=n_ctx, d_vocab=d_vocab)
+    x = torch.randint(0, d_vocab, (batch, n_ctx), generator=torch.Generator().manual_seed(0))
+    y = x.roll(-1, dims=1)
+    variants = {f"{physical_cores()} threads": {}, "1 thread": dict(threads=1)}
+    steps = {name: ours_step(cfg, ov) for name, ov in variants.items()}
+    rates = {}
+    for load in ("quiet", "one core busy"):
+        times = {name: [] for name in steps}
+        with busy_core() if load != "quiet" else contextlib.nullcontext():
+            for _ in range(rounds + 1):  # the first round warms up
+                for name, (step, threads, *_) in steps.items():
+                    torch.set_num_threads(threads)
+                    t = time.perf_counter()
+                    step(x, y)
+                    times[name].append(time.perf_counter() - t)
+        rates[load] = {name: batch * n_ctx / statistics.median(t[1:]) for name, t in times.items()}
+        log(f"  training contention, {load}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in rates[load].items()))
+    return {"batch": batch, "n_ctx": n_ctx, "d_vocab": d_vocab, "rounds": rounds, "rates": rates}
 
 
 def run_preset(preset: str = "mini", rounds: int = 3, variants: dict[str, dict | None] | None = None,
@@ -224,6 +254,13 @@ def table(result: dict) -> str:
                       for res in results)
     lines.append(f"\nmatmul peak measured alongside ({physical_cores()} threads; MFU is against the peak of the "
                  f"variant's matmul dtype): {peaks}")
+    c = result.get("contention")
+    if c:
+        names = list(c["rates"]["quiet"])
+        lines += ["", f"| training, mini {c['batch']}×{c['n_ctx']}, vocab {c['d_vocab']:,} | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        lines += [f"| {load} | " + " | ".join(f"{r[n]:,.0f}" for n in names) + " |" for load, r in c["rates"].items()]
+        lines.append("\ntokens/s; one core busy: a spinning process started and stopped by the benchmark.")
     return "\n".join(lines)
 
 

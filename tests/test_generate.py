@@ -11,7 +11,7 @@ from conftest import assert_user_error, run_cli
 from gpt2lab.checkpoint import export_hf, save_model
 from gpt2lab.errors import UserError
 from gpt2lab.generate import (Generator, SamplingConfig, TextStream, choose_next, filter_top_k, filter_top_p,
-                              generate_ids, sample)
+                              generate_ids, model_in_dtype, sample)
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.tokenizer import gpt2_tokenizer
 
@@ -160,6 +160,34 @@ def test_generator_api_stops_and_counts():
     assert "".join(gen.stream("", max_new_tokens=12, seed=3, stop_at_eot=False)) == alone.text
 
 
+def test_bf16_greedy_agrees_with_fp32_on_most_tokens():
+    """bf16 rounds the weights to 8 bits of mantissa: greedy output may change
+    where two logits are within rounding, but not often.  Over 64 prompts:
+    the next token after every position of the fp32 continuation (teacher
+    forcing), and the first generated token."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", d_vocab=512, init_range=0.1)).eval()
+    bf16 = model_in_dtype(model, "bf16")
+    assert bf16.embed.W_E.dtype == torch.bfloat16 and model.embed.W_E.dtype == torch.float32
+    prompts = torch.randint(0, 512, (64, 8), generator=torch.Generator().manual_seed(1)).tolist()
+    fp32_ids = run_ids(model, prompts, max_new_tokens=16, **GREEDY)
+    bf16_ids = run_ids(bf16, prompts, max_new_tokens=16, **GREEDY)
+    assert len(fp32_ids.unique()) > 50  # not one token repeated: agreement means something
+    assert (fp32_ids[:, 0] == bf16_ids[:, 0]).float().mean() >= 0.9
+    seq = torch.cat([torch.tensor(prompts), fp32_ids], dim=1)
+    with torch.inference_mode():
+        same = model(seq).argmax(-1)[:, 7:] == bf16(seq).argmax(-1)[:, 7:]
+    assert same.float().mean() >= 0.95
+
+
+def test_generator_makes_its_bf16_copy_once():
+    model = varied_model(d_vocab=50257)
+    gen = Generator(model, gpt2_tokenizer())
+    out = gen.generate("Hello", max_new_tokens=6, seed=3, dtype="bf16", stop_at_eot=False)[0]
+    assert len(out.tokens) == 6 and gen.model_in("bf16") is gen.model_in("bf16")
+    assert gen.model_in("fp32") is model and model.embed.W_E.dtype == torch.float32
+
+
 def test_sample_is_the_short_form():
     model = varied_model()
     model.train()
@@ -175,7 +203,7 @@ def test_sample_is_the_short_form():
 @pytest.mark.parametrize("field, value", [
     ("temperature", 0.0), ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5), ("top_k", 0),
     ("num_samples", 0), ("num_samples", 65), ("max_new_tokens", 0), ("max_new_tokens", 100_001),
-    ("repetition_penalty", 0.0), ("stop", ("",)),
+    ("repetition_penalty", 0.0), ("stop", ("",)), ("dtype", "fp16"),
 ])
 def test_sampling_config_rejects_bad_values(field, value):
     with pytest.raises(UserError, match="--" + field.replace("_", "-")):  # the CLI flag, as the user typed it
@@ -200,8 +228,10 @@ def test_cli_generate_json_and_long_prompt(tiny_model_dir, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(result["tokens"]) == 5 and result["tokens_per_sec"] > 0 and result["prompt_tokens"] == 32
     assert "keeping the last 32" in proc.stderr
-    empty = run_cli("generate", "--model", tiny_model_dir, "--prompt", "", "--max-new-tokens", 3, "--greedy")
+    empty = run_cli("generate", "--model", tiny_model_dir, "--prompt", "", "--max-new-tokens", 3, "--greedy",
+                    "--dtype", "bf16", "--json")
     assert empty.returncode == 0, empty.stderr
+    assert len(json.loads(empty.stdout.strip().splitlines()[-1])["tokens"]) <= 3
 
 
 @pytest.mark.parametrize("flags, fragment", [

@@ -55,6 +55,27 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)  # the floor
 
 
+def test_lr_schedule_follows_the_time_budget():
+    c = T.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_minutes=5)
+    assert T.lr_at(50, c, 1010, minutes=2.5) == pytest.approx(0.55)  # half the time: half the cosine
+    assert T.lr_at(50, c, 1010, minutes=5.0) == pytest.approx(0.1)  # time is up: the floor
+    assert T.lr_at(1010, c, 1010, minutes=0.1) == pytest.approx(0.1)  # the steps ran out first
+    assert T.lr_at(5, c, 1010, minutes=4.0) == pytest.approx(0.6)  # warmup counts steps
+    untimed = T.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert T.lr_at(510, untimed, 1010, minutes=100.0) == pytest.approx(0.55)  # no budget: steps alone
+
+
+def test_a_timed_run_ends_its_decay_when_time_is_up(corpus, tmp_path):
+    result = T.train(cfg(corpus, tmp_path / "run", max_steps=100_000, max_minutes=0.15, warmup_steps=2,
+                         eval_every=100_000, checkpoint_every=100_000), tiny_model(), log=quiet)
+    assert result.stopped_by == "max_minutes" and result.step < 100_000
+    lrs = [r["lr"] for r in losses(tmp_path / "run") if "lr" in r]
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # decaying all along
+    # the last step started in the second half of the time (steps of a tiny model are short, even on
+    # a busy machine): past half the cosine, where counting 100,000 steps would barely have begun
+    assert lrs[-1] < 1e-3 + 0.5 * (1e-2 - 1e-3)
+
+
 def test_weight_decay_on_matrices_only():
     model = GPT(tiny_model())
     decay, no_decay = recipe.param_groups(model, T.TrainConfig())

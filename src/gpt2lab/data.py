@@ -181,9 +181,9 @@ def play_to_text(md: str) -> str:
             if not stripped[1:].endswith(("_", "*")) and body:
                 in_direction = True
             continue
-        text = _INLINE_DIRECTION.sub("", stripped)
+        text = _INLINE_DIRECTION.sub("", stripped) if "[" in stripped else stripped  # (skip a needless search)
         text = text.replace("\\", "").replace("_", "").replace("*", "")
-        text = re.sub(r"\s+", " ", text).strip()
+        text = " ".join(text.split())  # runs of whitespace -> one space
         if not text:
             continue
         if current is None:  # verse with no speaker yet (a prologue): its own paragraph

@@ -53,6 +53,8 @@ proves the two produce the same tokens.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import copy
 import dataclasses
 import random
 from dataclasses import dataclass
@@ -61,11 +63,13 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .errors import UserError
+from .hardware import ThreadChooser
 from .model import GPT, KVCache
 from .tokenizer import Tokenizer
 
 MAX_NEW_TOKENS = 100_000  # cap on --max-new-tokens
 MAX_SAMPLES = 64  # cap on --num-samples (they run as one batch)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --dtype: the weights' number format
 
 
 @dataclass
@@ -83,9 +87,12 @@ class SamplingConfig:
     seed: int | None = None  # None: a fresh random seed (reported, so a sample can be reproduced)
     stop: tuple[str, ...] = ()  # stop when the new text contains any of these
     stop_at_eot: bool = True  # stop at <|endoftext|>
+    dtype: str = "fp32"  # the weights' format while generating: fp32, or bf16 (half the bytes to read per token)
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise UserError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {self.max_new_tokens}")
         if not 1 <= self.num_samples <= MAX_SAMPLES:
@@ -226,18 +233,18 @@ class Window:
 
 
 def generate_ids(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_id: int,
-                 use_cache: bool = True, seed: int = 0,
-                 generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                 use_cache: bool = True, seed: int = 0, generator: torch.Generator | None = None,
+                 threads: ThreadChooser | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, ``(batch,)``, ``cfg.max_new_tokens`` times
     (see :func:`generate_steps`, which also gives the logits each was drawn from)."""
-    for token, _ in generate_steps(model, prompts, cfg, pad_id, use_cache, seed, generator):
+    for token, _ in generate_steps(model, prompts, cfg, pad_id, use_cache, seed, generator, threads):
         yield token
 
 
 @torch.inference_mode()
 def generate_steps(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pad_id: int,
-                   use_cache: bool = True, seed: int = 0,
-                   generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                   use_cache: bool = True, seed: int = 0, generator: torch.Generator | None = None,
+                   threads: ThreadChooser | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(token, logits)``, ``cfg.max_new_tokens`` times: the next token of
     every row, ``(batch,)``, and the model's raw logits it was chosen from,
     ``(batch, d_vocab)`` (before penalty, temperature and filters).
@@ -245,7 +252,11 @@ def generate_steps(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pa
     ``prompts`` must be non-empty and at most ``n_ctx`` tokens each.  The
     caller stops early by simply not asking for more.  ``use_cache=False``
     is the plain path: a full forward over the window at every step.
-    Random draws come from ``generator`` if given, else from a fresh one seeded with ``seed``."""
+    Random draws come from ``generator`` if given, else from a fresh one seeded with ``seed``.
+    On a CPU, each step runs with the thread count that ``threads`` (a
+    :class:`ThreadChooser`, kept across calls by :class:`Generator`; a fresh
+    one if None) finds fastest: all cores on a quiet machine, one when other
+    programs keep the cores busy."""
     n_ctx = model.cfg.n_ctx
     device = model.embed.W_E.device
     window = Window(prompts, n_ctx, pad_id, device)
@@ -258,19 +269,28 @@ def generate_steps(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pa
         for i, row in enumerate(prompts):
             seen[i, row] = True
 
+    if device.type == "cpu":
+        threads = threads or ThreadChooser()
+
+    def stepping(record: bool):
+        """The thread count for one forward pass (a prefill is not timed: it is unlike the steps)."""
+        return threads.step(record) if device.type == "cpu" else contextlib.nullcontext()
+
     def run_window() -> torch.Tensor:
         """Prefill: run every column of the window; return the last position's logits."""
         if cache is not None:
             cache.reset()
         n = window.length
-        x = model.residual(window.tokens[:, :n], cache, window.positions(0, n), window.mask(0, n))
-        return model.unembed(x[:, -1])  # (batch, d_vocab): the last position only
+        with stepping(record=False):
+            x = model.residual(window.tokens[:, :n], cache, window.positions(0, n), window.mask(0, n))
+            return model.unembed(x[:, -1])  # (batch, d_vocab): the last position only
 
     def run_newest() -> torch.Tensor:
         """One cached step: only the newest column goes through the model."""
         n = window.length
-        x = model.residual(window.tokens[:, n - 1:n], cache, window.positions(n - 1, n), window.mask(n - 1, n))
-        return model.unembed(x[:, -1])  # (batch, d_vocab)
+        with stepping(record=True):
+            x = model.residual(window.tokens[:, n - 1:n], cache, window.positions(n - 1, n), window.mask(n - 1, n))
+            return model.unembed(x[:, -1])  # (batch, d_vocab)
 
     logits = run_window()
     for step in range(cfg.max_new_tokens):
@@ -287,6 +307,18 @@ def generate_steps(model: GPT, prompts: list[list[int]], cfg: SamplingConfig, pa
         else:
             window.append(token)
             logits = run_newest() if cache is not None else run_window()
+
+
+def model_in_dtype(model: GPT, dtype: str) -> GPT:
+    """A copy of ``model`` whose weights, activations and KV cache are in ``dtype``.
+
+    At batch 1 a generation step reads every weight once and does little
+    else, so its speed is memory bandwidth / the weights' bytes: bf16 halves
+    the bytes.  Logits are turned back to fp32 before sampling.  bf16 keeps
+    8 bits of mantissa, so where two tokens' logits are within rounding of
+    each other greedy output can differ from fp32's (how often:
+    ``python -m benchmarks generate``)."""
+    return copy.deepcopy(model).to(DTYPES[dtype]).eval()
 
 
 def sample(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
@@ -355,6 +387,16 @@ class Generator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.use_cache = use_cache
+        self.copies: dict[str, GPT] = {}  # dtype -> the model in that dtype, made on first use
+        self.threads = ThreadChooser()  # what it learns about this machine's load carries over between calls
+
+    def model_in(self, dtype: str) -> GPT:
+        """The model with its weights in ``dtype`` (see :func:`model_in_dtype`), made once and kept."""
+        if DTYPES[dtype] == self.model.embed.W_E.dtype:
+            return self.model
+        if dtype not in self.copies:
+            self.copies[dtype] = model_in_dtype(self.model, dtype)
+        return self.copies[dtype]
 
     def encode_prompt(self, prompt: str) -> tuple[list[int], int]:
         """The prompt's ids, cut to the context window; also how many were cut.
@@ -415,7 +457,8 @@ class Generator:
         texts: list[list[str]] = [[] for _ in rows]
         reasons = ["length"] * len(rows)
         live = set(range(len(rows)))
-        for step, logits in generate_steps(self.model, rows, cfg, eot, self.use_cache, seed):
+        for step, logits in generate_steps(self.model_in(cfg.dtype), rows, cfg, eot, self.use_cache, seed,
+                                           threads=self.threads):
             for i, t in enumerate(step.tolist()):
                 if i not in live:
                     continue

@@ -4,6 +4,8 @@ Training picks its settings from these facts rather than from guesses:
 
 * **threads**: one per *physical* core.  Matmul kernels keep a core's vector
   units busy; a second hyper-thread on the same core only competes for them.
+  While a loop runs, :class:`ThreadChooser` drops to one thread when other
+  programs keep the cores busy (then every thread waits for the slowest).
 * **bf16 autocast**: worth it only where the hardware multiplies bf16
   natively (CUDA GPUs; x86 CPUs with AVX512-BF16 or AMX tiles).  Elsewhere,
   e.g. an AVX2-only laptop, PyTorch emulates bf16 matmuls by converting to
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -133,3 +136,88 @@ def use_deterministic_kernels(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True)
+
+
+class ThreadChooser:
+    """Choose, while a loop runs, the thread count that makes its steps fastest.
+
+    On a quiet machine one thread per core is fastest.  But a parallel kernel
+    ends in a barrier where every thread waits for the slowest, and when
+    another program keeps a core busy, the thread on that core runs only
+    part of the time: then the whole step waits for it, and a generation
+    step of small products can take several times longer with 2 threads
+    than with 1.  No fixed setting fits both, so we measure: time steps with
+    each candidate count, use the fastest, and now and then time one step
+    with another candidate in case the load has changed.  A candidate that
+    keeps losing is re-checked half as often each time (after 16, 32, ...
+    up to 1,024 steps), and never sooner than 20 of its own steps' worth of
+    the best's (a check 18x slower waits 360 steps), so checks cost at most
+    about 5% of the time.
+
+    ``with chooser.step(): ...`` runs one step with the chosen count and
+    restores the caller's count afterwards, so nothing outside the step is
+    affected.  ``clock`` is for tests."""
+
+    FIRST_CHECK, LAST_CHECK = 16, 1024  # steps between re-checks of a losing candidate
+    CHECK_COST = 20  # a check that takes r times the best step's time waits at least 20 r steps
+
+    def __init__(self, most: int | None = None, clock=time.perf_counter, adapt: bool = True):
+        most = most or torch.get_num_threads()
+        # one first: never slower than one thread; adapt=False: always `most` (for comparisons)
+        self.candidates = [1, most] if most > 1 and adapt else [most]
+        self.clock = clock
+        self.recent: dict[int, list[float]] = {n: [] for n in self.candidates}  # last two step times each
+        self.wait = dict.fromkeys(self.candidates, self.FIRST_CHECK)  # steps until a loser is re-checked
+        self.due = dict.fromkeys(self.candidates, 0)  # step number of each candidate's next check
+        self.steps = 0
+
+    @property
+    def started(self) -> bool:
+        return all(self.recent.values())
+
+    @property
+    def best(self) -> int:
+        """The candidate whose recent steps were fastest (the best of its last two)."""
+        timed = {n: min(t) for n, t in self.recent.items() if t}
+        return min(timed, key=timed.get) if timed else self.candidates[0]
+
+    def choose(self) -> int:
+        if not self.started:  # start: one step with each
+            return next(n for n in self.candidates if not self.recent[n])
+        best = self.best
+        due = [n for n in self.candidates if n != best and self.steps >= self.due[n]]
+        return due[0] if due else best
+
+    def record(self, n: int, seconds: float) -> None:
+        was = self.best if self.started else None
+        self.recent[n] = (self.recent[n] + [seconds])[-2:]
+        self.steps += 1
+        if not self.started:
+            return
+        best = self.best
+        for m in self.candidates:
+            if m == best:
+                continue
+            if m == n and m != was:  # a re-check that lost: look again later than last time
+                slower = self.recent[m][-1] / min(self.recent[best])
+                self.wait[m] = int(min(max(2 * self.wait[m], self.CHECK_COST * slower), self.LAST_CHECK))
+            elif m == was or was is None:  # the best just lost its place (or the start is over)
+                self.wait[m] = self.FIRST_CHECK
+            else:
+                continue
+            self.due[m] = self.steps + self.wait[m]
+
+    @contextlib.contextmanager
+    def step(self, record: bool = True):
+        """One step of the loop with the chosen thread count; ``record=False`` for
+        a step unlike the others (e.g. generation's prefill), run with the best count."""
+        n = self.choose() if record else self.best
+        outside = torch.get_num_threads()
+        torch.set_num_threads(n)
+        start = self.clock()
+        try:
+            yield n
+        finally:
+            if record:
+                self.record(n, self.clock() - start)
+            torch.set_num_threads(outside)

@@ -136,13 +136,22 @@ DEFAULT_MODEL_OVERRIDES = dict(n_ctx=128)
 # ---------------------------------------------------------------------------
 
 
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+def lr_at(step: int, cfg: TrainConfig, total_steps: int, minutes: float | None = None) -> float:
     """Linear warmup from ~0 to ``lr`` over ``warmup_steps``, then a cosine
-    decay from ``lr`` to ``min_lr`` at ``total_steps``.  ``step`` counts from 0."""
+    decay from ``lr`` to ``min_lr`` at ``total_steps``.  ``step`` counts from 0.
+
+    **Time as a budget.**  With ``max_minutes``, the run stops when time is
+    up, usually long before ``total_steps``: a schedule counted in steps
+    would be cut off near its peak.  So the decay's progress is the larger of
+    the steps' share and the time's share (``minutes`` of training so far out
+    of ``max_minutes``): the cosine reaches ``min_lr`` when the time runs
+    out, however many steps fit in it."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     span = max(total_steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
+    if cfg.max_minutes is not None and minutes is not None:
+        progress = max(progress, min(minutes / cfg.max_minutes, 1.0))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 

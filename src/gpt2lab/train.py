@@ -266,6 +266,16 @@ class StopOnSignal:
         self._previous = {}
 
 
+def training_minutes(run: Run, run_start: float) -> float | None:
+    """Minutes of training so far, for a schedule that follows ``max_minutes``
+    (None without one): the mean over the ranks, since every rank must step
+    at the same learning rate."""
+    if run.cfg.max_minutes is None:
+        return None
+    minutes = (time.monotonic() - run_start) / 60
+    return run.ranks.sum([minutes], run.device)[0] / run.ranks.world_size
+
+
 def stop_reason(run: Run, signals: StopOnSignal, run_start: float) -> str | None:
     """Why the run stops before its next step, or ``None`` to go on: its
     steps are done (``max_steps``, or ``epochs``), its time is up
@@ -365,7 +375,7 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     try:
         signals.install()
         while (stopped_by := stop_reason(run, signals, run_start)) is None:
-            lr = lr_at(run.step, cfg, run.total_steps)
+            lr = lr_at(run.step, cfg, run.total_steps, training_minutes(run, run_start))
             loss, grad_norm, finite = optimization_step(run, lr, metrics.warn)
             run.step += 1
             run.tokens += run.tokens_per_step
