@@ -90,3 +90,17 @@ def threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def bmm_calls(monkeypatch):
+    """Count calls to torch.bmm, to know which path `matmul` took."""
+    calls = []
+    real = torch.bmm
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counting)
+    return calls

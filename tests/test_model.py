@@ -171,20 +171,6 @@ def test_layernorm_plain_equals_fused():
     assert err(ln(x), ln.forward_fast(x)) <= 1e-5
 
 
-@pytest.fixture
-def bmm_calls(monkeypatch):
-    """Count calls to torch.bmm, to know which path `matmul` took."""
-    calls = []
-    real = torch.bmm
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "bmm", counting)
-    return calls
-
-
 @pytest.mark.parametrize("n_threads", [2, 3, 8])
 @pytest.mark.parametrize("shape", [(1, 1, 256), (8, 1, 256), (2, 3, 768)])
 def test_split_matmul_equals_the_plain_product(threads, bmm_calls, n_threads, shape):
