@@ -3,6 +3,7 @@ but speed, the sampling filters keep to their sets, and the CLI fails politely."
 
 import contextlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,79 @@ def test_cli_generate_bad_input(tiny_model_dir, flags, fragment):
 
 def test_cli_generate_missing_model(tmp_path):
     assert_user_error(run_cli("generate", "--model", tmp_path / "nope", "--prompt", "hi"), "does not exist")
+
+
+@pytest.fixture(scope="module")
+def varied_model_dir(tmp_path_factory):
+    """A saved model whose greedy text varies, with GPT-2's tokenizer."""
+    folder = tmp_path_factory.mktemp("gen") / "varied"
+    save_model(varied_model(d_vocab=50257), gpt2_tokenizer(), folder)
+    return folder
+
+
+def cli_json(*args):
+    proc = run_cli("generate", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cli_num_samples_gives_different_samples_and_repetition_penalty_applies(varied_model_dir):
+    model, tok = varied_model(d_vocab=50257), gpt2_tokenizer()
+    gen = Generator(model, tok)
+    out = cli_json("--model", varied_model_dir, "--prompt", "Hello", "--num-samples", 4, "--seed", 5,
+                   "--max-new-tokens", 12, "--stop-at-eot", "false", "--json")
+    texts = [s["text"] for s in out["samples"]]
+    assert len(texts) == 4 and len(set(texts)) == 4, texts
+    assert texts == [g.text for g in gen.generate("Hello", max_new_tokens=12, num_samples=4, seed=5,
+                                                 stop_at_eot=False)]  # the seed makes them reproducible
+    plain = dict(max_new_tokens=20, greedy=True, stop_at_eot=False)
+    flags = ["--max-new-tokens", 20, "--greedy", "--stop-at-eot", "false", "--json"]
+    penalised = cli_json("--model", varied_model_dir, "--prompt", "Hello", "--repetition-penalty", 1.5, *flags)
+    want = gen.generate("Hello", repetition_penalty=1.5, **plain)[0].tokens
+    assert penalised["tokens"] == want != gen.generate("Hello", **plain)[0].tokens
+
+
+def test_cli_interactive_through_a_terminal(varied_model_dir):
+    """``generate --interactive`` as a person uses it: a pseudo-terminal, one
+    prompt per line, Ctrl-D to end."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    gen = Generator(varied_model(d_vocab=50257), gpt2_tokenizer())
+    want = {p: gen.generate(p, max_new_tokens=8, greedy=True, stop_at_eot=False)[0].text for p in ("Hello", "The king")}
+    assert want["Hello"] != want["The king"]
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "generate", "--model", str(varied_model_dir),
+                             "--interactive", "--greedy", "--max-new-tokens", "8", "--stop-at-eot", "false"],
+                            stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(predicate, timeout=120):
+        nonlocal seen
+        deadline = time.time() + timeout
+        while not predicate(seen.decode("utf-8", "replace")) and time.time() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+        return seen.decode("utf-8", "replace")
+
+    try:
+        read_until(lambda s: "> " in s)
+        for n, prompt in enumerate(("Hello", "The king"), 1):
+            os.write(master, prompt.encode() + b"\n")
+            text = read_until(lambda s: s.count("tokens/s") >= n)
+            assert want[prompt] in text.replace("\r\n", "\n"), text
+        os.write(master, b"\x04")  # Ctrl-D: end of input
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(master)

@@ -171,7 +171,7 @@ def cmd_info(args) -> None:
     from .model import GPT, GPTConfig
 
     if args.model is None and args.preset is None:
-        raise UserError("give --model PATH or --preset NAME")
+        raise UserError("no model given; give --model PATH or --preset NAME")
     if args.model is not None:
         model, tokenizer = load_model(args.model)
         source, tok = str(resolve_model_path(args.model)[1]), tokenizer.to_dict().get("kind")
@@ -219,7 +219,7 @@ def run_train(args, train_over: dict, model_over: dict):
 
     if args.resume is not None:
         if args.preset is not None:
-            raise UserError("--preset cannot be combined with --resume: a resumed run keeps its model")
+            raise UserError("--preset cannot be combined with --resume: a resumed run keeps its model; drop --preset")
         return train(TrainConfig(), resume=args.resume, train_overrides=train_over, model_overrides=model_over)
     cfg = TrainConfig(**train_over)
     if args.preset is None:  # the default recipe's model
