@@ -95,8 +95,13 @@ def test_same_seed_same_losses(corpus, tmp_path):
     a = T.train(cfg(corpus, tmp_path / "a"), tiny_model(), log=quiet)
     b = T.train(cfg(corpus, tmp_path / "b"), tiny_model(), log=quiet)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
-    assert a.metrics["val_loss"] < 10.5  # it learned something
     rows = losses(tmp_path / "a")
+    # It learned: an untrained model (GPT-2's 0.02 init) guesses nearly uniformly, ln(d_vocab) nats;
+    # 8 steps take the validation loss well below that, and the second evaluation below the first.
+    uniform = math.log(json.loads((tmp_path / "a" / "config.json").read_text())["model"]["d_vocab"])
+    assert rows[0]["loss"] == pytest.approx(uniform, abs=0.2)
+    assert a.metrics["val_loss"] < rows[3]["val_loss"] < uniform - 1.0
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert {"val_loss", "val_bpb"} <= set(rows[3]) and rows[3]["val_bpb"] > 0
     assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
@@ -220,13 +225,13 @@ def test_resume_refuses_bad_dirs_and_incompatible_changes(corpus, tmp_path):
 
 
 def test_unwritable_out_dir(tmp_path, corpus):
-    if os.geteuid() == 0:
-        pytest.skip("root can write anywhere")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    proc = run_cli("train", "--data", corpus, "--out", locked / "run", env={"GPT2LAB_CACHE": str(tmp_path)})
-    assert_user_error(proc, "cannot write")
+    """--out under a file: no one can create a directory there, root included."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = run_cli("train", "--data", corpus, "--out", blocker / "run", env={"GPT2LAB_CACHE": str(tmp_path)})
+    assert proc.returncode == 2
+    assert_user_error(proc, "cannot write to --out", "choose another --out")
+    assert blocker.read_text() == "not a directory"
 
 
 @pytest.mark.slow
@@ -270,13 +275,19 @@ def test_char_tokenizer_is_built_from_the_corpus_and_saved(corpus, tmp_path):
 
 
 PLAIN_PATH = dict(loss_chunk=0, adamw="loop", autocast="off")
+# Batches of 48 windows of 64 tokens: 3,072 rows, so the chunked loss (--loss-chunk 1024, the default) runs
+# three chunks a step, as in the default recipe (16 x 128 = 2 chunks), not one.
+BIG_BATCH = dict(batch_size=48)
+FP32_GAP, BF16_GAP = 1.9e-6, 1.6e-3  # measured by the two tests below (2 cores, AVX512-BF16)
 
 
 def loss_curve_gap(corpus, tmp_path, fast_settings: dict) -> float:
     """Train the same seed with ``fast_settings`` and with the plain fp32 path;
     return the largest difference of train or validation loss at any step."""
-    T.train(cfg(corpus, tmp_path / "fast", **fast_settings), tiny_model(), log=quiet)
-    T.train(cfg(corpus, tmp_path / "plain", **PLAIN_PATH), tiny_model(), log=quiet)
+    model = GPTConfig.from_preset("tiny", n_ctx=64)
+    assert BIG_BATCH["batch_size"] * model.n_ctx >= 3 * T.TrainConfig().loss_chunk
+    T.train(cfg(corpus, tmp_path / "fast", **BIG_BATCH, **fast_settings), model, log=quiet)
+    T.train(cfg(corpus, tmp_path / "plain", **BIG_BATCH, **PLAIN_PATH), model, log=quiet)
     a, b = losses(tmp_path / "fast"), losses(tmp_path / "plain")
     assert [r["step"] for r in a] == [r["step"] for r in b]
     assert any("val_loss" in r for r in a)
@@ -286,15 +297,27 @@ def loss_curve_gap(corpus, tmp_path, fast_settings: dict) -> float:
 
 
 def test_fast_path_keeps_the_loss_curve_of_the_plain_path(corpus, tmp_path):
-    """In fp32 the fast path (chunked loss, fused AdamW) learns what the plain path learns, to rounding."""
-    assert loss_curve_gap(corpus, tmp_path, dict(autocast="off")) < 1e-4
+    """In fp32 the fast path (chunked loss, fused AdamW) learns what the plain path learns, to rounding:
+    measured FP32_GAP here, asserted within 10x of it (float32 sums in another order)."""
+    assert loss_curve_gap(corpus, tmp_path, dict(autocast="off")) < 10 * FP32_GAP
 
 
 def test_bf16_autocast_keeps_the_loss_curve(corpus, tmp_path):
     """The default on CPUs with native bf16 (and on CUDA): bf16 matmuls, fp32 weights and
     optimizer.  bf16 keeps 8 bits of mantissa (relative rounding 0.4%), so the curve moves by
-    rounding, far less than one step of learning changes it (about 0.3 nats per step here)."""
-    assert loss_curve_gap(corpus, tmp_path, dict(autocast="bf16")) < 2e-2
+    rounding: measured BF16_GAP here, asserted within 4x of it, far less than one step of learning
+    changes the loss (about 0.3 nats per step here)."""
+    assert loss_curve_gap(corpus, tmp_path, dict(autocast="bf16")) < 4 * BF16_GAP
+
+
+@pytest.mark.slow
+def test_compiled_loss_keeps_the_loss_curve(corpus, tmp_path):
+    """``--compile``: torch.compile of the loss, against the plain path (fp32, as above)."""
+    try:
+        torch.compile(lambda x: x * 2)(torch.ones(2))
+    except Exception as e:  # noqa: BLE001 - no C++ compiler, unsupported Python...
+        pytest.skip(f"torch.compile cannot compile here: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    assert loss_curve_gap(corpus, tmp_path, dict(autocast="off", compile=True, max_steps=4)) < 10 * FP32_GAP
 
 
 @pytest.mark.parametrize("impl", ["fused", "foreach"])
@@ -338,3 +361,63 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_the_loss():
 def test_bad_speed_settings_are_user_errors(field, value):
     with pytest.raises(UserError, match=f"--{field}"):
         T.TrainConfig(**{field: value})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_grad_accum_gives_the_curve_of_the_larger_batch_and_syncs_once_a_step(corpus, tmp_path, monkeypatch):
+    """--batch-size 2 --grad-accum 2 against --batch-size 4: the same windows each step, the same
+    losses to 1e-5 (fp32: only float sums in another order differ).  The accumulated run trains as
+    a one-rank data-parallel job (torchrun's environment, a gloo group in this process), so that DDP
+    is in use: gradients are exchanged on the last micro-step of each step only (no_sync before)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gpt2lab import distributed as D
+
+    common = dict(autocast="off", max_steps=6, eval_every=3, eval_batches=2)
+    T.train(cfg(corpus, tmp_path / "big", batch_size=4, **common), tiny_model(), log=quiet)
+    syncs = []
+    real_forward = DistributedDataParallel.forward
+
+    def forward(self, *args, **kwargs):
+        syncs.append(self.require_backward_grad_sync)  # False inside no_sync()
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistributedDataParallel, "forward", forward)
+    for name, value in dict(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(name, value)
+    try:
+        T.train(cfg(corpus, tmp_path / "accum", batch_size=2, grad_accum=2, **common), tiny_model(), log=quiet)
+    finally:
+        D.stop()
+    assert syncs == [False, True] * 6
+    a, b = losses(tmp_path / "big"), losses(tmp_path / "accum")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and [r["tokens"] for r in a] == [r["tokens"] for r in b]
+    # (training loss only: validation scores eval_batches x batch_size windows, fewer for the smaller batch)
+    assert max(abs(ra["loss"] - rb["loss"]) for ra, rb in zip(a, b)) <= 1e-5
+
+
+def test_max_minutes_stops_by_time_saves_and_resumes(corpus, tmp_path):
+    """--max-minutes 0.002 (0.12 s): the run stops by the clock long before --max-steps, with a
+    checkpoint at the step it reached; resumed, it continues with the losses of an uninterrupted run
+    (a constant learning rate, so that the schedule does not depend on where it stopped)."""
+    steady = dict(warmup_steps=0, lr=1e-2, min_lr=1e-2, max_steps=200, eval_every=1000, checkpoint_every=1000)
+    cut = tmp_path / "cut"
+    result = T.train(cfg(corpus, cut, max_minutes=0.002, **steady), tiny_model(), log=quiet)
+    assert result.stopped_by == "max_minutes" and 1 <= result.step < 200
+    assert latest_checkpoint(cut).name == f"step_{result.step:08d}"
+    load_model(cut)
+    more = result.step + 3
+    resumed = T.train(T.TrainConfig(), resume=cut, train_overrides=dict(max_minutes=60.0, max_steps=more), log=quiet)
+    assert resumed.step == more and resumed.stopped_by == "max_steps"
+    T.train(cfg(corpus, tmp_path / "full", **{**steady, "max_steps": more}), tiny_model(), log=quiet)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("val_loss", "val_bpb")} for r in rows  # noqa: E731
+                          if "loss" in r]  # (each run evaluates where it stops)
+    assert strip(losses(cut)) == strip(losses(tmp_path / "full"))
