@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
-        if not rank_label():  # every rank of a data-parallel job stops alike: rank 0 says so for all
+        if not rank_label() and not e.quiet:  # every rank of a data-parallel job stops alike: rank 0 says so
             print(f"gpt2lab {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:

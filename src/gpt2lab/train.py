@@ -880,7 +880,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
         bar.close()
     if stop.signum is not None:
         raise Stopped(f"stopped by {stopped_by} at step {step}, checkpoint {last_ckpt} saved; continue with: "
-                      f"gpt2lab train --resume {run_dir}", stop.signum)
+                      f"gpt2lab train{f' --nproc {ranks.world_size}' if ranks.world_size > 1 else ''} --resume {run_dir}",
+                      stop.signum)
     if ranks.from_main("val_loss" not in last_metrics or last_metrics.get("step") != step):  # all ranks, or none
         row = {"step": step, "tokens": tokens_seen}
         row.update(evaluate(model, val_tokens, cfg, n_ctx, device, shards.val_bytes_per_token, ranks))
