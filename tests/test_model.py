@@ -17,8 +17,6 @@ from conftest import random_hf_model
 from gpt2lab.checkpoint import hf_to_gpt2lab, load_state_strict
 from gpt2lab.model import FEW_ROWS, GPT, GPTConfig, KVCache, LayerNorm, causal_mask, gelu, matmul
 
-transformers = pytest.importorskip("transformers")
-
 TOL = {"tiny": 1e-5, "mini": 1e-5, "gpt2": 1e-4}
 
 

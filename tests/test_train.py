@@ -421,3 +421,24 @@ def test_max_minutes_stops_by_time_saves_and_resumes(corpus, tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("val_loss", "val_bpb")} for r in rows  # noqa: E731
                           if "loss" in r]  # (each run evaluates where it stops)
     assert strip(losses(cut)) == strip(losses(tmp_path / "full"))
+
+
+@pytest.mark.slow
+def test_the_readme_main_command_runs_the_default_recipe(tmp_path):
+    """``gpt2lab train`` as the README's first command runs it, cut to 3 steps: the embedded corpus,
+    a 4,096-token BPE trained when the run starts, the mini model with a 128-token context, the
+    evaluation and the final sample."""
+    proc = run_cli("train", "--max-steps", 3, "--out", tmp_path / "run", "--progress", "false", "--json",
+                   env={"GPT2LAB_CACHE": str(tmp_path / "cache")}, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["kind"] == "shakespeare" and saved["train"]["tokenizer"] == "bpe:4096"
+    assert saved["tokenizer"]["kind"] == "bpe" and saved["model"]["d_vocab"] == 4096
+    mini = GPTConfig.from_preset("mini")
+    assert {k: saved["model"][k] for k in ("n_layers", "d_model", "n_heads")} == \
+        {"n_layers": mini.n_layers, "d_model": mini.d_model, "n_heads": mini.n_heads}
+    assert saved["model"]["n_ctx"] == 128 and saved["train"]["batch_size"] == 16
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["val_bpb"] > 0
+    assert "sample" in proc.stdout and len(summary["sample"]) > 100  # the 200-token sample
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
