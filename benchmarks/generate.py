@@ -72,7 +72,9 @@ def run_one(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_
     # HF cannot go past n_ctx (we would slide the window), so the context is
     # widened when prompt + new tokens do not fit (mini: 256 -> 272).
     n_ctx = max(cfg.n_ctx, prompt_len + new_tokens)
-    model = GPT(GPTConfig.from_preset(preset, n_ctx=n_ctx)).eval()
+    # init_range 1.0: with GPT-2's 0.02 the logits are nearly flat and greedy repeats one token,
+    # which would make "same tokens" an empty check.
+    model = GPT(GPTConfig.from_preset(preset, n_ctx=n_ctx, init_range=1.0)).eval()
     hf = hf_twin(model)
     prompt = torch.randint(0, model.cfg.d_vocab, (batch, prompt_len))
     cfg = SamplingConfig(max_new_tokens=new_tokens, greedy=True, stop_at_eot=False)
@@ -109,6 +111,7 @@ def run_one(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_
             "speedup": rate["gpt2lab"] / rate["transformers"],
             "unembed_only_tokens_per_sec": rate["unembed"],
             "same_tokens": bool(torch.equal(outputs["gpt2lab"], outputs["transformers"])),
+            "distinct_tokens": len(set(outputs["gpt2lab"].flatten().tolist())),
             "seconds": times}
 
 
