@@ -47,6 +47,23 @@ def test_validation_plays_are_disjoint_from_training():
     assert not any("HAMLET:" in t for t in train) and any("HAMLET:" in t for t in val)
 
 
+def test_validation_bytes_of_the_embedded_corpus_are_the_four_whole_plays(cache):
+    """val_bpb divides by the UTF-8 bytes of the validation split: for the embedded corpus, the four
+    held-out plays, whole (Hamlet, The Tempest, Julius Caesar, Twelfth Night), as normalised text."""
+    tok = gpt2_tokenizer()
+    shards = data.prepare_tokens(data.parse_source("shakespeare"), tok, progress=False)
+    assert sorted(shards.header["val_documents"]) == sorted(["hamlet", "the-tempest", "julius-caesar",
+                                                            "twelfth-night"])
+    plays = [data.play_to_text(path.read_text(encoding="utf-8")) for path in data.play_files()
+             if path.stem in shards.header["val_documents"]]  # in the corpus's order
+    assert all(len(p) > 50_000 for p in plays)  # whole plays, not excerpts
+    assert shards.header["val_bytes"] == sum(len(p.encode("utf-8")) for p in plays)
+    val = [int(t) for t in shards.val]
+    assert val.count(tok.eot_token) == 4 and val[-1] == tok.eot_token  # one <|endoftext|> after each play
+    assert tok.decode_bytes([t for t in val if t != tok.eot_token]) == "".join(plays).encode("utf-8")
+    assert shards.val_bytes_per_token == shards.header["val_bytes"] / len(val)
+
+
 def test_shards_round_trip_and_are_reused(tmp_path, cache):
     docs = ["First document.\nWith two lines.", "Second one, café ünïcode.", "Third"]
     src = tmp_path / "c.jsonl"
