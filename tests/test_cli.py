@@ -97,7 +97,7 @@ def test_export_and_info_round_trip(hf_dir, tmp_path):
 
     folder, hf = hf_dir
     out = tmp_path / "exported"
-    assert run_cli("export", "--model", folder, "--to", out).returncode == 0
+    assert last_json(run_cli("export", "--model", folder, "--to", out, "--json")) == {"exported": str(out)}
     info = last_json(run_cli("info", "--model", out, "--json"))
     assert info["config"]["d_model"] == 256 and info["config"]["n_layers"] == 1
     again = transformers.GPT2LMHeadModel.from_pretrained(out).eval()

@@ -164,3 +164,27 @@ def test_hf_offline_uncached_is_one_line_error(tmp_path):
     proc = run_cli("train", "--data", "hf:nobody/no-such-dataset-xyz", "--out", tmp_path / "run",
                    "--progress", "false", env=env)
     assert_user_error(proc, "no-such-dataset-xyz", "offline")
+
+
+def test_cli_trains_on_a_hugging_face_dataset_with_text_field_and_split(tmp_path, cache):
+    """``--data hf:DIR --text-field F --hf-split S`` through ``gpt2lab train``: a dataset saved with
+    ``save_to_disk`` (the real loading code, offline), whose text is in column ``body`` of split
+    ``valid``; the other split and column hold characters that must never reach the tokenizer."""
+    datasets = pytest.importorskip("datasets")
+    line = "the king is dead long live the queen\n"
+    ds = datasets.DatasetDict({
+        "valid": datasets.Dataset.from_dict({"body": [line * 20] * 30, "title": ["XYZ"] * 30}),
+        "train": datasets.Dataset.from_dict({"body": ["QQQ!"] * 30, "title": ["XYZ"] * 30}),
+    })
+    ds.save_to_disk(str(tmp_path / "ds"))
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", f"hf:{tmp_path / 'ds'}", "--text-field", "body", "--hf-split", "valid",
+                   "--tokenizer", "char", "--preset", "tiny", "--n-ctx", "16", "--batch-size", "2", "--max-steps", "1",
+                   "--eval-batches", "1", "--sample-tokens", "0", "--progress", "false", "--out", run,
+                   env={"GPT2LAB_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"]["text_field"] == "body" and saved["data"]["hf_split"] == "valid"
+    assert saved["tokenizer"]["chars"] == "".join(sorted(set(line)))  # from split valid, column body only
+    assert_user_error(run_cli("train", "--data", f"hf:{tmp_path / 'ds'}", "--hf-split", "test", "--out",
+                              tmp_path / "r2", env={"GPT2LAB_CACHE": str(cache)}), "no split 'test'", "--hf-split")
