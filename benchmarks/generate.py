@@ -121,7 +121,9 @@ def run_one(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_
         # HF cannot go past n_ctx (we would slide the window), so the context is
         # widened when prompt + new tokens do not fit (mini: 256 -> 272).
         n_ctx = max(cfg.n_ctx, prompt_len + new_tokens)
-        model = GPT(GPTConfig.from_preset(preset, n_ctx=n_ctx)).eval()
+        # init_range 1.0: with GPT-2's 0.02 the logits are nearly flat and greedy repeats one token,
+        # which would make "same tokens" an empty check.
+        model = GPT(GPTConfig.from_preset(preset, n_ctx=n_ctx, init_range=1.0)).eval()
     n_ctx = model.cfg.n_ctx
     bf16 = model_in_dtype(model, "bf16")
     hf = hf_twin(model)
@@ -171,6 +173,7 @@ def run_one(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_
             "same_tokens": bool(torch.equal(outputs["gpt2lab"], outputs["transformers"])),
             "bf16_same_token_fraction": same.float().mean().item(),
             "bf16_same_sequence_fraction": same.all(dim=1).float().mean().item(),
+            "distinct_tokens": len(set(outputs["gpt2lab"].flatten().tolist())),
             "seconds": times}
 
 

@@ -69,8 +69,8 @@ class Booby:
 def random_hf_model(preset: str = "tiny", seed: int = 0, **overrides):
     """A randomly initialised transformers GPT2LMHeadModel for a gpt2lab preset,
     with LayerNorm parameters and biases moved away from 1/0 so that a swapped
-    or ignored parameter cannot hide in a parity test."""
-    import transformers
+    or ignored parameter cannot hide in a parity test.  (Skips the test without transformers.)"""
+    transformers = pytest.importorskip("transformers")
 
     from gpt2lab.checkpoint import hf_config
     from gpt2lab.model import GPTConfig
@@ -140,3 +140,17 @@ def assert_same_run(a, b):
     differ = [k for k, v in state_a.items()
               if not (torch.equal(v, state_b[k]) if isinstance(v, torch.Tensor) else v == state_b[k])]
     assert not differ, f"final tensors differ: {differ[:8]}"
+
+
+@pytest.fixture
+def bmm_calls(monkeypatch):
+    """Count calls to torch.bmm, to know which path `matmul` took."""
+    calls = []
+    real = torch.bmm
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counting)
+    return calls

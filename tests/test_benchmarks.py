@@ -38,7 +38,7 @@ def test_generate_benchmark_gives_the_same_tokens_as_transformers():
                           bandwidth_mib=16)
     assert [r["batch"] for r in result["runs"]] == [1, 2]
     for r in result["runs"]:
-        assert r["same_tokens"] is True
+        assert r["same_tokens"] is True and r["distinct_tokens"] >= 4  # varied text, not one token repeated
         assert all(r["rate"][k] > 0 for k in ("gpt2lab", "gpt2lab bf16", "transformers"))
         assert r["bandwidth_GBps"] > 0 and r["weights_MB"]["bf16"] == r["weights_MB"]["fp32"] / 2
         assert 0 < r["roofline_fraction"]["gpt2lab"] and 0 <= r["bf16_same_token_fraction"] <= 1

@@ -13,8 +13,6 @@ from gpt2lab.errors import UserError
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.tokenizer import gpt2_tokenizer
 
-transformers = pytest.importorskip("transformers")
-
 
 def trained_like_model(preset="tiny", seed=0):
     torch.manual_seed(seed)
@@ -34,6 +32,7 @@ def logits_err(model, hf, n=20):
 def test_export_then_transformers_from_pretrained_gives_the_same_logits(tmp_path):
     model = trained_like_model()
     export_hf(model, gpt2_tokenizer(), tmp_path / "hf")
+    transformers = pytest.importorskip("transformers")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     assert logits_err(model, hf) <= 1e-5
 

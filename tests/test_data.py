@@ -47,6 +47,23 @@ def test_validation_plays_are_disjoint_from_training():
     assert not any("HAMLET:" in t for t in train) and any("HAMLET:" in t for t in val)
 
 
+def test_validation_bytes_of_the_embedded_corpus_are_the_four_whole_plays(cache):
+    """val_bpb divides by the UTF-8 bytes of the validation split: for the embedded corpus, the four
+    held-out plays, whole (Hamlet, The Tempest, Julius Caesar, Twelfth Night), as normalised text."""
+    tok = gpt2_tokenizer()
+    shards = data.prepare_tokens(data.parse_source("shakespeare"), tok, progress=False)
+    assert sorted(shards.header["val_documents"]) == sorted(["hamlet", "the-tempest", "julius-caesar",
+                                                            "twelfth-night"])
+    plays = [data.play_to_text(path.read_text(encoding="utf-8")) for path in data.play_files()
+             if path.stem in shards.header["val_documents"]]  # in the corpus's order
+    assert all(len(p) > 50_000 for p in plays)  # whole plays, not excerpts
+    assert shards.header["val_bytes"] == sum(len(p.encode("utf-8")) for p in plays)
+    val = [int(t) for t in shards.val]
+    assert val.count(tok.eot_token) == 4 and val[-1] == tok.eot_token  # one <|endoftext|> after each play
+    assert tok.decode_bytes([t for t in val if t != tok.eot_token]) == "".join(plays).encode("utf-8")
+    assert shards.val_bytes_per_token == shards.header["val_bytes"] / len(val)
+
+
 def test_shards_round_trip_and_are_reused(tmp_path, cache):
     docs = ["First document.\nWith two lines.", "Second one, café ünïcode.", "Third"]
     src = tmp_path / "c.jsonl"
@@ -147,3 +164,27 @@ def test_hf_offline_uncached_is_one_line_error(tmp_path):
     proc = run_cli("train", "--data", "hf:nobody/no-such-dataset-xyz", "--out", tmp_path / "run",
                    "--progress", "false", env=env)
     assert_user_error(proc, "no-such-dataset-xyz", "offline")
+
+
+def test_cli_trains_on_a_hugging_face_dataset_with_text_field_and_split(tmp_path, cache):
+    """``--data hf:DIR --text-field F --hf-split S`` through ``gpt2lab train``: a dataset saved with
+    ``save_to_disk`` (the real loading code, offline), whose text is in column ``body`` of split
+    ``valid``; the other split and column hold characters that must never reach the tokenizer."""
+    datasets = pytest.importorskip("datasets")
+    line = "the king is dead long live the queen\n"
+    ds = datasets.DatasetDict({
+        "valid": datasets.Dataset.from_dict({"body": [line * 20] * 30, "title": ["XYZ"] * 30}),
+        "train": datasets.Dataset.from_dict({"body": ["QQQ!"] * 30, "title": ["XYZ"] * 30}),
+    })
+    ds.save_to_disk(str(tmp_path / "ds"))
+    run = tmp_path / "run"
+    proc = run_cli("train", "--data", f"hf:{tmp_path / 'ds'}", "--text-field", "body", "--hf-split", "valid",
+                   "--tokenizer", "char", "--preset", "tiny", "--n-ctx", "16", "--batch-size", "2", "--max-steps", "1",
+                   "--eval-batches", "1", "--sample-tokens", "0", "--progress", "false", "--out", run,
+                   env={"GPT2LAB_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"]["text_field"] == "body" and saved["data"]["hf_split"] == "valid"
+    assert saved["tokenizer"]["chars"] == "".join(sorted(set(line)))  # from split valid, column body only
+    assert_user_error(run_cli("train", "--data", f"hf:{tmp_path / 'ds'}", "--hf-split", "test", "--out",
+                              tmp_path / "r2", env={"GPT2LAB_CACHE": str(cache)}), "no split 'test'", "--hf-split")

@@ -238,3 +238,47 @@ def test_cuda_rank_takes_its_gpu_with_nccl(corpus, tmp_path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert gpu.returncode == 0, gpu.stderr
     assert_same_curve(rows(tmp_path / "cpu"), rows(tmp_path / "gpu"), tol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
+@pytest.mark.parametrize("how, signum, status", [
+    ("Ctrl-C: the terminal signals the whole process group", signal.SIGINT, 130),
+    ("SIGTERM to rank 1 alone", signal.SIGTERM, 143),
+])
+def test_a_signal_stops_every_rank_at_the_same_step_and_the_run_resumes(corpus, tmp_path, how, signum, status):
+    """Two ranks: the step in progress finishes on both, rank 0 writes a checkpoint at that step,
+    the job exits 130 (Ctrl-C) or 143 (SIGTERM) with one line saying how to resume, and it resumes."""
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--data", str(corpus), "--preset", "tiny",
+                             "--n-ctx", "16", "--batch-size", "2", "--nproc", "2", "--max-steps", "100000",
+                             "--checkpoint-every", "1000", "--eval-every", "1000", "--eval-batches", "1",
+                             "--sample-tokens", "0", "--progress", "false", "--device", "cpu", "--out", str(run)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a job in a terminal
+    metrics = run / "metrics.jsonl"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            pid = rank_pid(proc.pid, 1)
+            assert pid is not None
+            os.kill(pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ours = [l for l in err.splitlines() if l.startswith("gpt2lab")]  # (torchrun logs its own lines too)
+    assert proc.returncode == status, err
+    assert len(ours) == 1 and f"--nproc 2 --resume {run}" in ours[0] and "error" not in ours[0], err
+    assert "Traceback" not in err
+    step = int(latest_checkpoint(run).name[5:])
+    logged = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
+    assert step >= 3 and logged[-1] == step  # the checkpoint is at the last step the ranks took together
+    result = T.train(T.TrainConfig(), resume=run, train_overrides=dict(batch_size=4, max_steps=step + 1), log=T.quiet)
+    assert result.step == step + 1

@@ -40,12 +40,39 @@ def test_short_text_loss_matches_a_direct_computation():
     assert score.bits_per_byte == pytest.approx(expected * len(ids) / len(text.encode()) / math.log(2), rel=1e-6)
 
 
-def test_long_text_uses_windows_within_the_context():
+def plain_sliding_losses(model, seq: list[int], n_ctx: int) -> list[float]:
+    """The documented scoring, written as a plain loop with one forward pass per token: the
+    first n_ctx tokens see everything before them; after that the context jumps forward by
+    n_ctx - n_ctx // 2 tokens at a time, so that each token keeps at least n_ctx // 2 positions
+    of history and never more than n_ctx."""
+    half, out = n_ctx // 2, []
+    with torch.no_grad():
+        for t in range(1, len(seq)):  # predict seq[t] from what precedes it
+            if t <= n_ctx:
+                start = 0
+            else:
+                first_scored = n_ctx + ((t - 1 - n_ctx) // (n_ctx - half)) * (n_ctx - half)  # of its window
+                start = first_scored - half
+            logits = model(torch.tensor([seq[start:t]]))[0, -1]
+            out.append(-logits.log_softmax(-1)[seq[t]].item())
+            assert 1 <= t - start <= n_ctx and (t <= n_ctx or t - start > half)
+    return out
+
+
+@pytest.mark.parametrize("n_ctx", [8, 9])
+def test_long_text_is_scored_like_a_plain_loop_over_windows(n_ctx):
+    """A text about eight contexts long: every token scored once, with the history the README promises."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("tiny")).eval()  # n_ctx 32
-    text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 10
-    score = score_text(model, gpt2_tokenizer(), text)
-    assert score.tokens > 100 and math.isfinite(score.loss)
+    model = GPT(GPTConfig.from_preset("tiny", n_ctx=n_ctx, init_range=0.5)).eval()  # peaky: history matters
+    tok = gpt2_tokenizer()
+    text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 4
+    ids = tok.encode(text)
+    assert len(ids) > 7 * n_ctx
+    want = plain_sliding_losses(model, [tok.eot_token] + ids, n_ctx)
+    views = inspect_text(model, tok, text)
+    assert [v.loss for v in views] == pytest.approx(want, rel=1e-4, abs=1e-5)
+    score = score_text(model, tok, text)
+    assert score.tokens == len(ids) and score.loss == pytest.approx(sum(want) / len(want), rel=1e-5)
 
 
 def test_bits_per_byte_units():

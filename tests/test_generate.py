@@ -1,7 +1,9 @@
 """Generation: the KV cache changes nothing but speed, batches change nothing
 but speed, the sampling filters keep to their sets, and the CLI fails politely."""
 
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -18,14 +20,18 @@ from gpt2lab.tokenizer import gpt2_tokenizer
 GREEDY = dict(greedy=True, stop_at_eot=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models step in microseconds; on a busy machine a second OpenMP
-    thread makes each step wait on a core (30x slower seen here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture
+def split_path(bmm_calls):
+    """Generation as users run it: torch's default thread count, where the split
+    matrix-vector product of ``model.matmul`` is in use.  Yields a check that it
+    ran (it runs only with several threads)."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("one thread: the split path of model.matmul does not exist here")
+
+    def check():
+        assert bmm_calls, "generation should have taken the split path"
+
+    yield check
 
 
 def varied_model(d_vocab=512, **overrides) -> GPT:
@@ -38,6 +44,16 @@ def varied_model(d_vocab=512, **overrides) -> GPT:
 def run_ids(model, prompts, use_cache=True, **cfg) -> torch.Tensor:
     steps = generate_ids(model, prompts, SamplingConfig(**cfg), pad_id=0, use_cache=use_cache, seed=0)
     return torch.stack(list(steps), dim=1)  # (batch, new)
+
+
+@contextlib.contextmanager
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def naive_greedy(model, prompt, n_new):
@@ -55,22 +71,27 @@ def naive_greedy(model, prompt, n_new):
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_cached_greedy_equals_uncached_past_the_context(fast):
+def test_cached_greedy_equals_uncached_past_the_context(fast, split_path):
     model = varied_model()
     model.set_fast_attention(fast)
-    cached = run_ids(model, [[1, 2, 3]], max_new_tokens=300, **GREEDY)[0]
-    uncached = run_ids(model, [[1, 2, 3]], use_cache=False, max_new_tokens=300, **GREEDY)[0]
+    n = 150  # past the 32-token context four times over
+    cached = run_ids(model, [[1, 2, 3]], max_new_tokens=n, **GREEDY)[0]
+    uncached = run_ids(model, [[1, 2, 3]], use_cache=False, max_new_tokens=n, **GREEDY)[0]
+    split_path()
     assert len(set(cached.tolist())) > 10  # the test means something only if tokens vary
     assert cached.tolist() == uncached.tolist()
-    assert cached.tolist() == naive_greedy(model, [1, 2, 3], 300)
+    with one_thread():  # the reference: plain products, as slow and simple as it gets
+        assert cached.tolist() == naive_greedy(model, [1, 2, 3], n)
 
 
-def test_batched_left_padded_prompts_equal_one_by_one():
+def test_batched_left_padded_prompts_equal_one_by_one(split_path):
     model = varied_model()
     prompts = [[5, 6, 7, 8, 9, 10, 11], [1, 2], [7]]
     batch = run_ids(model, prompts, max_new_tokens=20, **GREEDY)  # stays within n_ctx=32
+    assert len(set(batch.flatten().tolist())) > 10
     for i, p in enumerate(prompts):
         assert batch[i].tolist() == run_ids(model, [p], max_new_tokens=20, **GREEDY)[0].tolist()
+    split_path()
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
@@ -120,7 +141,7 @@ def test_top_k_and_top_p_never_leave_their_sets():
     assert kept.tolist() == [True] * 4 + [False] * 3
 
 
-def test_seed_temperature_and_penalty():
+def test_seed_temperature_and_penalty(split_path):
     model = varied_model()
     sample = dict(max_new_tokens=30, stop_at_eot=False, seed=7)
     a, b = run_ids(model, [[1, 2]], **sample), run_ids(model, [[1, 2]], **sample)
@@ -132,6 +153,7 @@ def test_seed_temperature_and_penalty():
     assert torch.equal(cold, greedy)
     penalised = run_ids(model, [[1, 2]], max_new_tokens=30, repetition_penalty=1e6, **GREEDY)[0].tolist()
     assert len(set(penalised)) == 30 and not {1, 2} & set(penalised)  # never repeats anything it saw
+    split_path()
 
 
 def test_stop_strings_and_streaming_bytes():
@@ -246,3 +268,79 @@ def test_cli_generate_bad_input(tiny_model_dir, flags, fragment):
 
 def test_cli_generate_missing_model(tmp_path):
     assert_user_error(run_cli("generate", "--model", tmp_path / "nope", "--prompt", "hi"), "does not exist")
+
+
+@pytest.fixture(scope="module")
+def varied_model_dir(tmp_path_factory):
+    """A saved model whose greedy text varies, with GPT-2's tokenizer."""
+    folder = tmp_path_factory.mktemp("gen") / "varied"
+    save_model(varied_model(d_vocab=50257), gpt2_tokenizer(), folder)
+    return folder
+
+
+def cli_json(*args):
+    proc = run_cli("generate", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cli_num_samples_gives_different_samples_and_repetition_penalty_applies(varied_model_dir):
+    model, tok = varied_model(d_vocab=50257), gpt2_tokenizer()
+    gen = Generator(model, tok)
+    out = cli_json("--model", varied_model_dir, "--prompt", "Hello", "--num-samples", 4, "--seed", 5,
+                   "--max-new-tokens", 12, "--stop-at-eot", "false", "--json")
+    texts = [s["text"] for s in out["samples"]]
+    assert len(texts) == 4 and len(set(texts)) == 4, texts
+    assert texts == [g.text for g in gen.generate("Hello", max_new_tokens=12, num_samples=4, seed=5,
+                                                 stop_at_eot=False)]  # the seed makes them reproducible
+    plain = dict(max_new_tokens=20, greedy=True, stop_at_eot=False)
+    flags = ["--max-new-tokens", 20, "--greedy", "--stop-at-eot", "false", "--json"]
+    penalised = cli_json("--model", varied_model_dir, "--prompt", "Hello", "--repetition-penalty", 1.5, *flags)
+    want = gen.generate("Hello", repetition_penalty=1.5, **plain)[0].tokens
+    assert penalised["tokens"] == want != gen.generate("Hello", **plain)[0].tokens
+
+
+def test_cli_interactive_through_a_terminal(varied_model_dir):
+    """``generate --interactive`` as a person uses it: a pseudo-terminal, one
+    prompt per line, Ctrl-D to end."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    gen = Generator(varied_model(d_vocab=50257), gpt2_tokenizer())
+    want = {p: gen.generate(p, max_new_tokens=8, greedy=True, stop_at_eot=False)[0].text for p in ("Hello", "The king")}
+    assert want["Hello"] != want["The king"]
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "generate", "--model", str(varied_model_dir),
+                             "--interactive", "--greedy", "--max-new-tokens", "8", "--stop-at-eot", "false"],
+                            stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(predicate, timeout=120):
+        nonlocal seen
+        deadline = time.time() + timeout
+        while not predicate(seen.decode("utf-8", "replace")) and time.time() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+        return seen.decode("utf-8", "replace")
+
+    try:
+        read_until(lambda s: "> " in s)
+        for n, prompt in enumerate(("Hello", "The king"), 1):
+            os.write(master, prompt.encode() + b"\n")
+            text = read_until(lambda s: s.count("tokens/s") >= n)
+            assert want[prompt] in text.replace("\r\n", "\n"), text
+        os.write(master, b"\x04")  # Ctrl-D: end of input
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(master)

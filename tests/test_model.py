@@ -17,8 +17,6 @@ from conftest import random_hf_model
 from gpt2lab.checkpoint import hf_to_gpt2lab, load_state_strict
 from gpt2lab.model import FEW_ROWS, GPT, Embed, GPTConfig, KVCache, LayerNorm, causal_mask, gelu, matmul
 
-transformers = pytest.importorskip("transformers")
-
 TOL = {"tiny": 1e-5, "mini": 1e-5, "gpt2": 1e-4}
 
 
@@ -192,20 +190,6 @@ def test_layernorm_plain_equals_fused():
         ln.b.normal_()
     x = torch.randn(4, 7, cfg.d_model) * 3 + 1
     assert err(ln(x), ln.forward_fast(x)) <= 1e-5
-
-
-@pytest.fixture
-def bmm_calls(monkeypatch):
-    """Count calls to torch.bmm, to know which path `matmul` took."""
-    calls = []
-    real = torch.bmm
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "bmm", counting)
-    return calls
 
 
 @pytest.mark.parametrize("n_threads", [2, 3, 8])

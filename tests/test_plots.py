@@ -35,6 +35,9 @@ def test_plot_one_and_several_runs(tmp_path):
     proc = run_cli("plot", a, b, "--out", tmp_path / "both.png", "--metric", "bpb")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "both.png").stat().st_size > 1000
+    proc = run_cli("plot", a, "--json")  # one run: RUN_DIR/loss.png, named on the last line
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"plot": str(a / "loss.png")}
 
 
 def test_plot_bad_run_dir_is_one_line_error(tmp_path):

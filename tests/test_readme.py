@@ -65,3 +65,21 @@ def test_french_readme_is_in_step_with_english():
     assert len(fr_rows) == len(en_rows), "tables have a different number of rows"
     assert not en_spans - fr_spans, f"`code` in README.md missing from README.fr.md: {en_spans - fr_spans}"
     assert not fr_spans - en_spans, f"`code` in README.fr.md not in README.md: {fr_spans - en_spans}"
+
+
+def test_default_recipe_figures_name_the_command_that_reproduces_them():
+    """The README's measured figures (time, tokens/s, bits per byte for each tokenizer) sit beside
+    the command that produced them, and that command is one gpt2lab accepts."""
+    import subprocess
+    import sys
+
+    for name in LINKS:
+        text = (ROOT / name).read_text(encoding="utf-8")
+        paragraph = next(p for p in text.split("\n\n") if "2.365" in p.replace(",", "."))  # the recipe's figures
+        commands = re.findall(r"`(gpt2lab train[^`]*)`", paragraph)
+        assert "gpt2lab train" in commands and any("--tokenizer gpt2" in c for c in commands), (name, commands)
+        assert "--tokenizer char" in paragraph
+        help_text = subprocess.run([sys.executable, "-m", "gpt2lab", "train", "--help"], capture_output=True,
+                                   text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")}).stdout
+        for flag in re.findall(r"--[a-z-]+", " ".join(commands)):
+            assert flag in help_text, f"{name}: {flag} is not a gpt2lab train flag"

@@ -14,8 +14,6 @@ from gpt2lab.bpe import BPEConfig
 from gpt2lab.tokenizer import (EOT, CharTokenizer, TokenizerError, build_tokenizer, bytes_to_unicode, gpt2_files_dir,
                                gpt2_tokenizer, hf_tokenizer, load_tokenizer, token_pieces, train_bpe)
 
-transformers = pytest.importorskip("transformers")
-
 TEXTS = [
     "Whether a word begins with a capital or space matters!",
     "Ralph ralph  RALPH Ralph's",
@@ -48,6 +46,7 @@ def kinds():
 
 @pytest.fixture(scope="module")
 def reference():
+    transformers = pytest.importorskip("transformers")
     folder = gpt2_files_dir()
     vocab = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
     merges = [tuple(line.split()) for line in (folder / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:-1]]
@@ -199,7 +198,7 @@ def test_token_pieces_rebuild_the_text(kinds, kind):
 
 @pytest.mark.parametrize("kind", ["gpt2", "bpe", "char"])
 def test_hf_tokenizer_gives_the_same_ids(kinds, kind, tmp_path):
-    from transformers import PreTrainedTokenizerFast
+    PreTrainedTokenizerFast = pytest.importorskip("transformers").PreTrainedTokenizerFast
 
     tok = kinds[kind]
     hf_tokenizer(tok).save(str(tmp_path / "tokenizer.json"))
@@ -210,9 +209,9 @@ def test_hf_tokenizer_gives_the_same_ids(kinds, kind, tmp_path):
         assert hf.decode(ids) == text
 
 
-@pytest.mark.parametrize("kind", ["bpe", "char"])
+@pytest.mark.parametrize("kind", ["gpt2", "bpe", "char"])
 def test_export_writes_a_tokenizer_that_autotokenizer_loads(kinds, kind, tmp_path):
-    from transformers import AutoTokenizer
+    AutoTokenizer = pytest.importorskip("transformers").AutoTokenizer
 
     from gpt2lab.checkpoint import export_hf
     from gpt2lab.model import GPT, GPTConfig
@@ -277,3 +276,18 @@ def test_bad_bpe_spec_is_a_clear_error(spec):
     from gpt2lab.tokenizer import build_tokenizer
     with pytest.raises(TokenizerError, match="bpe"):
         build_tokenizer(spec, lambda: iter(["some text"]))
+
+
+def test_cli_tokenizer_train_impl_simple_and_fast_write_the_same_tokenizer(tmp_path):
+    """``tokenizer train --impl simple`` (the teaching trainer) and ``--impl fast`` learn the same merges."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    for impl in ("simple", "fast"):
+        proc = run_cli("tokenizer", "train", "--data", corpus, "--vocab-size", 300, "--impl", impl,
+                       "--out", tmp_path / f"{impl}.json", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["n_vocab"] == 300
+    simple, fast = (json.loads((tmp_path / f"{impl}.json").read_text()) for impl in ("simple", "fast"))
+    assert simple == fast and simple == train_bpe([CORPUS], BPEConfig(vocab_size=300)).to_dict()
+    assert_user_error(run_cli("tokenizer", "train", "--data", corpus, "--impl", "quick", "--out",
+                              tmp_path / "q.json"), "unknown BPE implementation", "fast, simple")

@@ -117,8 +117,13 @@ def test_same_seed_same_losses(corpus, tmp_path):
     a = T.train(cfg(corpus, tmp_path / "a"), tiny_model(), log=quiet)
     b = T.train(cfg(corpus, tmp_path / "b"), tiny_model(), log=quiet)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
-    assert a.metrics["val_loss"] < 10.5  # it learned something
     rows = losses(tmp_path / "a")
+    # It learned: an untrained model (GPT-2's 0.02 init) guesses nearly uniformly, ln(d_vocab) nats;
+    # 8 steps take the validation loss well below that, and the second evaluation below the first.
+    uniform = math.log(json.loads((tmp_path / "a" / "config.json").read_text())["model"]["d_vocab"])
+    assert rows[0]["loss"] == pytest.approx(uniform, abs=0.2)
+    assert a.metrics["val_loss"] < rows[3]["val_loss"] < uniform - 1.0
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert {"val_loss", "val_bpb"} <= set(rows[3]) and rows[3]["val_bpb"] > 0
     assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
@@ -242,13 +247,13 @@ def test_resume_refuses_bad_dirs_and_incompatible_changes(corpus, tmp_path):
 
 
 def test_unwritable_out_dir(tmp_path, corpus):
-    if os.geteuid() == 0:
-        pytest.skip("root can write anywhere")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    proc = run_cli("train", "--data", corpus, "--out", locked / "run", env={"GPT2LAB_CACHE": str(tmp_path)})
-    assert_user_error(proc, "cannot write")
+    """--out under a file: no one can create a directory there, root included."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = run_cli("train", "--data", corpus, "--out", blocker / "run", env={"GPT2LAB_CACHE": str(tmp_path)})
+    assert proc.returncode == 2
+    assert_user_error(proc, "cannot write to --out", "choose another --out")
+    assert blocker.read_text() == "not a directory"
 
 
 def test_two_runs_with_one_seed_are_bit_identical(corpus, tmp_path):
@@ -322,13 +327,19 @@ def test_char_tokenizer_is_built_from_the_corpus_and_saved(corpus, tmp_path):
 
 
 PLAIN_PATH = dict(loss_chunk=0, adamw="loop", autocast="off")
+# Batches of 48 windows of 64 tokens: 3,072 rows, so the chunked loss (--loss-chunk 1024, the default) runs
+# three chunks a step, as in the default recipe (16 x 128 = 2 chunks), not one.
+BIG_BATCH = dict(batch_size=48)
+FP32_GAP, BF16_GAP = 1.9e-6, 1.6e-3  # measured by the two tests below (2 cores, AVX512-BF16)
 
 
 def loss_curve_gap(corpus, tmp_path, fast_settings: dict) -> float:
     """Train the same seed with ``fast_settings`` and with the plain fp32 path;
     return the largest difference of train or validation loss at any step."""
-    T.train(cfg(corpus, tmp_path / "fast", **fast_settings), tiny_model(), log=quiet)
-    T.train(cfg(corpus, tmp_path / "plain", **PLAIN_PATH), tiny_model(), log=quiet)
+    model = GPTConfig.from_preset("tiny", n_ctx=64)
+    assert BIG_BATCH["batch_size"] * model.n_ctx >= 3 * T.TrainConfig().loss_chunk
+    T.train(cfg(corpus, tmp_path / "fast", **BIG_BATCH, **fast_settings), model, log=quiet)
+    T.train(cfg(corpus, tmp_path / "plain", **BIG_BATCH, **PLAIN_PATH), model, log=quiet)
     a, b = losses(tmp_path / "fast"), losses(tmp_path / "plain")
     assert [r["step"] for r in a] == [r["step"] for r in b]
     assert any("val_loss" in r for r in a)
@@ -338,15 +349,27 @@ def loss_curve_gap(corpus, tmp_path, fast_settings: dict) -> float:
 
 
 def test_fast_path_keeps_the_loss_curve_of_the_plain_path(corpus, tmp_path):
-    """In fp32 the fast path (chunked loss, fused AdamW) learns what the plain path learns, to rounding."""
-    assert loss_curve_gap(corpus, tmp_path, dict(autocast="off")) < 1e-4
+    """In fp32 the fast path (chunked loss, fused AdamW) learns what the plain path learns, to rounding:
+    measured FP32_GAP here, asserted within 10x of it (float32 sums in another order)."""
+    assert loss_curve_gap(corpus, tmp_path, dict(autocast="off")) < 10 * FP32_GAP
 
 
 def test_bf16_autocast_keeps_the_loss_curve(corpus, tmp_path):
     """The default on CPUs with native bf16 (and on CUDA): bf16 matmuls, fp32 weights and
     optimizer.  bf16 keeps 8 bits of mantissa (relative rounding 0.4%), so the curve moves by
-    rounding, far less than one step of learning changes it (about 0.3 nats per step here)."""
-    assert loss_curve_gap(corpus, tmp_path, dict(autocast="bf16")) < 2e-2
+    rounding: measured BF16_GAP here, asserted within 4x of it, far less than one step of learning
+    changes the loss (about 0.3 nats per step here)."""
+    assert loss_curve_gap(corpus, tmp_path, dict(autocast="bf16")) < 4 * BF16_GAP
+
+
+@pytest.mark.slow
+def test_compiled_loss_keeps_the_loss_curve(corpus, tmp_path):
+    """``--compile``: torch.compile of the loss, against the plain path (fp32, as above)."""
+    try:
+        torch.compile(lambda x: x * 2)(torch.ones(2))
+    except Exception as e:  # noqa: BLE001 - no C++ compiler, unsupported Python...
+        pytest.skip(f"torch.compile cannot compile here: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    assert loss_curve_gap(corpus, tmp_path, dict(autocast="off", compile=True)) < 10 * FP32_GAP
 
 
 @pytest.mark.parametrize("impl", ["fused", "foreach"])
@@ -390,3 +413,111 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_the_loss():
 def test_bad_speed_settings_are_user_errors(field, value):
     with pytest.raises(UserError, match=f"--{field}"):
         T.TrainConfig(**{field: value})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_grad_accum_gives_the_curve_of_the_larger_batch_and_syncs_once_a_step(corpus, tmp_path, monkeypatch):
+    """--batch-size 2 --grad-accum 2 against --batch-size 4: the same windows each step, the same
+    losses to 1e-5 (fp32: only float sums in another order differ).  The accumulated run trains as
+    a one-rank data-parallel job (torchrun's environment, a gloo group in this process), so that DDP
+    is in use: gradients are exchanged on the last micro-step of each step only (no_sync before)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gpt2lab import distributed as D
+
+    common = dict(autocast="off", max_steps=6, eval_every=3, eval_batches=2)
+    T.train(cfg(corpus, tmp_path / "big", batch_size=4, **common), tiny_model(), log=quiet)
+    syncs = []
+    real_forward = DistributedDataParallel.forward
+
+    def forward(self, *args, **kwargs):
+        syncs.append(self.require_backward_grad_sync)  # False inside no_sync()
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistributedDataParallel, "forward", forward)
+    for name, value in dict(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(name, value)
+    try:
+        T.train(cfg(corpus, tmp_path / "accum", batch_size=2, grad_accum=2, **common), tiny_model(), log=quiet)
+    finally:
+        D.stop()
+    assert syncs == [False, True] * 6
+    a, b = losses(tmp_path / "big"), losses(tmp_path / "accum")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and [r["tokens"] for r in a] == [r["tokens"] for r in b]
+    # (training loss only: validation scores eval_batches x batch_size windows, fewer for the smaller batch)
+    assert max(abs(ra["loss"] - rb["loss"]) for ra, rb in zip(a, b)) <= 1e-5
+
+
+def test_max_minutes_stops_by_time_saves_and_resumes(corpus, tmp_path):
+    """--max-minutes 0.002 (0.12 s): the run stops by the clock long before --max-steps, with a
+    checkpoint at the step it reached; resumed, it continues with the losses of an uninterrupted run
+    (a constant learning rate, so that the schedule does not depend on where it stopped)."""
+    steady = dict(warmup_steps=0, lr=1e-2, min_lr=1e-2, max_steps=200, eval_every=1000, checkpoint_every=1000)
+    cut = tmp_path / "cut"
+    result = T.train(cfg(corpus, cut, max_minutes=0.002, **steady), tiny_model(), log=quiet)
+    assert result.stopped_by == "max_minutes" and 1 <= result.step < 200
+    assert latest_checkpoint(cut).name == f"step_{result.step:08d}"
+    load_model(cut)
+    more = result.step + 3
+    resumed = T.train(T.TrainConfig(), resume=cut, train_overrides=dict(max_minutes=60.0, max_steps=more), log=quiet)
+    assert resumed.step == more and resumed.stopped_by == "max_steps"
+    T.train(cfg(corpus, tmp_path / "full", **{**steady, "max_steps": more}), tiny_model(), log=quiet)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("val_loss", "val_bpb")} for r in rows  # noqa: E731
+                          if "loss" in r]  # (each run evaluates where it stops)
+    assert strip(losses(cut)) == strip(losses(tmp_path / "full"))
+
+
+@pytest.mark.slow
+def test_the_readme_main_command_runs_the_default_recipe(tmp_path):
+    """``gpt2lab train`` as the README's first command runs it, cut to 3 steps: the embedded corpus,
+    a 4,096-token BPE trained when the run starts, the mini model with a 128-token context, the
+    evaluation and the final sample."""
+    proc = run_cli("train", "--max-steps", 3, "--out", tmp_path / "run", "--progress", "false", "--json",
+                   env={"GPT2LAB_CACHE": str(tmp_path / "cache")}, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["kind"] == "shakespeare" and saved["train"]["tokenizer"] == "bpe:4096"
+    assert saved["tokenizer"]["kind"] == "bpe" and saved["model"]["d_vocab"] == 4096
+    mini = GPTConfig.from_preset("mini")
+    assert {k: saved["model"][k] for k in ("n_layers", "d_model", "n_heads")} == \
+        {"n_layers": mini.n_layers, "d_model": mini.d_model, "n_heads": mini.n_heads}
+    assert saved["model"]["n_ctx"] == 128 and saved["train"]["batch_size"] == 16
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["val_bpb"] > 0
+    assert "sample" in proc.stdout and len(summary["sample"]) > 100  # the 200-token sample
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+
+def test_val_bpb_is_what_gpt2lab_eval_says_on_the_validation_text(corpus, tmp_path):
+    """The headline metric, tied to ``gpt2lab eval``: the validation split written out as text and
+    scored by ``eval`` has exactly the bytes behind val_bpb, and the same bits per byte, to the
+    difference that windows make (evaluation windows tile the split, so early positions of each
+    have less history than eval's sliding window gives them: within 1%, 0.1% measured)."""
+    from gpt2lab.data import parse_source, prepare_tokens
+    from gpt2lab.tokenizer import load_tokenizer
+
+    small = tmp_path / "small.txt"  # 1,000 lines of the corpus: a validation split of ~900 tokens
+    small.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:1000]), encoding="utf-8")
+    run, tok = tmp_path / "run", load_tokenizer("gpt2")
+    shards = prepare_tokens(parse_source(str(small)), tok, T.TrainConfig().val_fraction, progress=False)
+    val = [int(t) for t in shards.val if int(t) != tok.eot_token]
+    n_windows = (len(shards.val) - 1) // 16  # windows of n_ctx 16 tiling the split, each scored once
+    result = T.train(cfg(small, run, tokenizer="gpt2", eval_batches=n_windows // 4, eval_every=100), tiny_model(),
+                     log=quiet)
+    text = tmp_path / "val.txt"
+    text.write_bytes(tok.decode_bytes(val))
+    proc = run_cli("eval", "--model", run, "--text", text, "--json")
+    assert proc.returncode == 0, proc.stderr
+    ev = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ev["bytes"] == shards.header["val_bytes"]  # the bytes behind val_bpb
+    assert abs(ev["tokens"] - len(val)) <= 2  # (the split may start inside a word, re-tokenized here)
+    print(f"val_bpb {result.metrics['val_bpb']:.4f}, gpt2lab eval {ev['bits_per_byte']:.4f}")
+    assert result.metrics["val_bpb"] == pytest.approx(ev["bits_per_byte"], rel=0.01)

@@ -351,7 +351,7 @@ def cmd_info(args) -> None:
     from .model import GPT, GPTConfig
 
     if args.model is None and args.preset is None:
-        raise UserError("give --model PATH or --preset NAME")
+        raise UserError("no model given; give --model PATH or --preset NAME")
     if args.model is not None:
         model, tokenizer = load_model(args.model)
         source, tok = str(resolve_model_path(args.model)[1]), tokenizer.to_dict().get("kind")
@@ -431,7 +431,7 @@ def run_train(args, train_over: dict, model_over: dict):
 
     if args.resume is not None:
         if args.preset is not None:
-            raise UserError("--preset cannot be combined with --resume: a resumed run keeps its model")
+            raise UserError("--preset cannot be combined with --resume: a resumed run keeps its model; drop --preset")
         return train(TrainConfig(), resume=args.resume, train_overrides=train_over, model_overrides=model_over)
     cfg = TrainConfig(**train_over)
     if args.preset is None:  # the default recipe's model
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt2lab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
-        if not rank_label():  # every rank of a data-parallel job stops alike: rank 0 says so for all
+        if not rank_label() and not e.quiet:  # every rank of a data-parallel job stops alike: rank 0 says so
             print(f"gpt2lab {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:

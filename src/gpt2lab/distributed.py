@@ -266,12 +266,19 @@ def launch(argv: list[str], nproc: int, run_dir: str) -> None:
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "gpt2lab", *argv)
     except SignalException as e:  # Ctrl-C or SIGTERM to the launcher: torchrun has stopped the ranks
+        # torchrun passed the signal on to the ranks; rank 0 finished the step, saved it and said so.
         raise Stopped(f"stopped by {e.sigval.name}; checkpoints are written whole: continue from the last one "
-                      f"with --nproc {nproc} --resume {run_dir}", int(e.sigval)) from None
+                      f"with --nproc {nproc} --resume {run_dir}", int(e.sigval), quiet=True) from None
     except ChildFailedError as e:
         # {global rank: failure}.  Exit status 2 is a UserError the rank printed
         # itself, or a rank that lost another (LostRank); SIGTERM is torchrun
         # stopping the survivors.  The culprit is among the others.
+        codes = {f.exitcode for f in e.failures.values()} - {-signal.SIGTERM}
+        if codes and codes <= {128 + signal.SIGINT, 128 + signal.SIGTERM}:
+            # A signal that reached only some ranks (SIGTERM to one process, say): every rank stopped at
+            # the same step and rank 0 printed where to resume.  Exit as the signal asks, saying nothing more.
+            signum = signal.SIGINT if 128 + signal.SIGINT in codes else signal.SIGTERM
+            raise Stopped("already reported by rank 0", int(signum), quiet=True) from None
         culprits = {rank: f for rank, f in e.failures.items() if f.exitcode not in (2, -signal.SIGTERM)}
         if not culprits and any(f.exitcode == 2 for f in e.failures.values()):
             raise AlreadyReported("a UserError, already printed by the rank that met it") from None

@@ -19,9 +19,10 @@ class Stopped(Exception):
     (which says how to continue) on one line and exits with ``128 + signum``,
     the status a shell reports for a process ended by that signal."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, quiet: bool = False):
         super().__init__(message)
         self.signum = signum
+        self.quiet = quiet  # already said (by rank 0 of a data-parallel job)
 
 
 class APIError(Exception):

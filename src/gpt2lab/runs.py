@@ -292,7 +292,7 @@ def prepare_run_dir(path: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to --out {path}: {e.strerror}") from None
+        raise UserError(f"cannot write to --out {path}: {e.strerror}; choose another --out") from None
 
 
 def trim_metrics(path: Path, step: int) -> None:

@@ -395,7 +395,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
         metrics.close()
     if signals.signum is not None:
         raise Stopped(f"stopped by {stopped_by} at step {run.step}, checkpoint {run.checkpoint} saved; continue with: "
-                      f"gpt2lab train --resume {run.run_dir}", signals.signum)
+                      f"gpt2lab train{f' --nproc {run.ranks.world_size}' if run.ranks.world_size > 1 else ''} --resume {run.run_dir}",
+                      signals.signum)
     final_evaluation(run, metrics)
     result = RunResult(run.run_dir, run.step, run.tokens, metrics.last, run.checkpoint, stopped_by, rank=run.ranks.rank)
     if cfg.sample_tokens > 0 and run.ranks.is_main:
