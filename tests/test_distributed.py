@@ -117,17 +117,23 @@ def rank_pid(launcher_pid: int, rank: int) -> int | None:
     return None
 
 
+def start_endless_two_rank_job(corpus, run, checkpoint_every: int, **popen) -> subprocess.Popen:
+    """``gpt2lab train --nproc 2`` on the tiny preset, for 100,000 steps: a job for a test to interrupt."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    return subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--data", str(corpus), "--preset", "tiny",
+                             "--n-ctx", "16", "--batch-size", "2", "--nproc", "2", "--max-steps", "100000",
+                             "--checkpoint-every", str(checkpoint_every), "--eval-every", "1000",
+                             "--eval-batches", "1", "--sample-tokens", "0", "--progress", "false", "--device", "cpu",
+                             "--out", str(run)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
 def test_a_dead_rank_stops_the_job_and_the_run_resumes(corpus, tmp_path):
     """kill -9 of rank 1: the launcher returns promptly, names rank 1, and the
     last checkpoint resumes in one process."""
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--data", str(corpus), "--preset", "tiny",
-                             "--n-ctx", "16", "--batch-size", "2", "--nproc", "2", "--max-steps", "100000",
-                             "--checkpoint-every", "3", "--eval-every", "1000", "--eval-batches", "1",
-                             "--sample-tokens", "0", "--progress", "false", "--device", "cpu", "--out", str(run)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_endless_two_rank_job(corpus, run, checkpoint_every=3)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not (run / "checkpoints" / "step_00000003").is_dir():
@@ -250,13 +256,8 @@ def test_a_signal_stops_every_rank_at_the_same_step_and_the_run_resumes(corpus, 
     """Two ranks: the step in progress finishes on both, rank 0 writes a checkpoint at that step,
     the job exits 130 (Ctrl-C) or 143 (SIGTERM) with one line saying how to resume, and it resumes."""
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--data", str(corpus), "--preset", "tiny",
-                             "--n-ctx", "16", "--batch-size", "2", "--nproc", "2", "--max-steps", "100000",
-                             "--checkpoint-every", "1000", "--eval-every", "1000", "--eval-batches", "1",
-                             "--sample-tokens", "0", "--progress", "false", "--device", "cpu", "--out", str(run)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a job in a terminal
+    proc = start_endless_two_rank_job(corpus, run, checkpoint_every=1000,
+                                      start_new_session=True)  # its own process group, as a job in a terminal
     metrics = run / "metrics.jsonl"
     try:
         deadline = time.time() + 240
@@ -280,5 +281,5 @@ def test_a_signal_stops_every_rank_at_the_same_step_and_the_run_resumes(corpus, 
     step = int(latest_checkpoint(run).name[5:])
     logged = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
     assert step >= 3 and logged[-1] == step  # the checkpoint is at the last step the ranks took together
-    result = T.train(T.TrainConfig(), resume=run, train_overrides=dict(batch_size=4, max_steps=step + 1), log=T.quiet)
+    result = T.train(T.TrainConfig(), resume=run, train_overrides=dict(batch_size=4, max_steps=step + 1), log=runs.quiet)
     assert result.step == step + 1
