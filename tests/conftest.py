@@ -45,6 +45,24 @@ def run_cli(*args, cwd=None, timeout=300, env=None):
                           cwd=cwd, timeout=timeout, env=full_env)
 
 
+def kill_9_after(argv, metrics, lines: int, timeout: float = 180):
+    """Start ``gpt2lab ARGV`` and SIGKILL it once ``metrics`` (a run's
+    metrics.jsonl) has ``lines`` lines: a crash at a moment we choose."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", *map(str, argv)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def assert_user_error(proc, *fragments):
     """One-line error on stderr, non-zero exit, no traceback."""
     assert proc.returncode != 0, proc.stdout + proc.stderr

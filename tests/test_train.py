@@ -4,10 +4,6 @@ exact resume, checkpoints, divergence, and the command line's refusals."""
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -18,7 +14,7 @@ from gpt2lab.checkpoint import latest_checkpoint, load_model
 from gpt2lab.errors import UserError
 from gpt2lab.model import GPT, GPTConfig
 
-from conftest import PARALLEL_SIZED, ROOT, assert_same_run, assert_user_error, run_cli
+from conftest import PARALLEL_SIZED, assert_same_run, assert_user_error, kill_9_after, run_cli
 
 
 pytestmark = pytest.mark.usefixtures("token_cache")
@@ -285,23 +281,13 @@ def test_cli_resumes_after_kill_9_to_the_uninterrupted_run(corpus, tmp_path):
     """``kill -9`` in the middle of a run (asserted: the process died of
     signal 9, before its last step, past a checkpoint), then ``--resume``:
     every metrics row and every final tensor equal the uninterrupted run's."""
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
     args = ["--data", str(corpus), *PARALLEL_SIZED, "--max-steps", "12", "--eval-every", "4",
             "--checkpoint-every", "2"]
     full = run_cli("train", "--out", tmp_path / "full", *args, "--sample-tokens", "12")
     assert full.returncode == 0, full.stderr
     assert "sample" in full.stdout and (tmp_path / "full" / "loss.png").is_file()
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2lab", "train", "--out", str(tmp_path / "cut"), *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "cut" / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    assert kill_9_after(["train", "--out", tmp_path / "cut", *args], metrics, 5), "the run ended before it could be killed"
     killed_at = max(int(line.split('"step": ')[1].split(",")[0]) for line in metrics.read_text().splitlines()
                     if '"step": ' in line)
     assert 5 <= killed_at < 12

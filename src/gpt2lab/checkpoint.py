@@ -22,6 +22,7 @@ unpickled: ``.bin`` files are read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -170,11 +171,13 @@ def newest_run(base="runs") -> Path | None:
     return max(runs, key=lambda pair: (pair[0] / MODEL_META).stat().st_mtime, default=(None, None))[1]
 
 
-def resolve_model_path(path) -> tuple[str, Path]:
-    """Say what ``path`` is: ``("gpt2lab", checkpoint_dir)`` or ``("hf", dir)``."""
+def resolve_model_path(path, flag: str = "--model") -> tuple[str, Path]:
+    """Say what ``path`` is: ``("gpt2lab", checkpoint_dir)`` or ``("hf", dir)``.
+    ``flag``: the option that named it, for the error messages."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"model path {path} does not exist; give a run directory, a checkpoint or a Hugging Face GPT-2 directory")
+        raise UserError(f"model path {path} does not exist; give {flag} a run directory, a checkpoint or a "
+                        "Hugging Face GPT-2 directory")
     if path.is_file():
         path = path.parent  # model.safetensors or model.json named directly
     if (path / MODEL_META).is_file():
@@ -187,22 +190,44 @@ def resolve_model_path(path) -> tuple[str, Path]:
     if (path / "config.json").is_file():
         return "hf", path
     raise UserError(f"{path} is neither a gpt2lab run/checkpoint (model.json) nor a Hugging Face GPT-2 "
-                    "directory (config.json); point --model at one of those")
+                    f"directory (config.json); point {flag} at one of those")
 
 
-def load_model(path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """Load a model and its tokenizer from a run, a checkpoint or a Hugging Face directory."""
-    kind, folder = resolve_model_path(path)
+def read_model(path, flag: str = "--model") -> tuple[GPTConfig, dict[str, torch.Tensor], Tokenizer, Path]:
+    """What a run, a checkpoint or a Hugging Face directory holds, without
+    building a model: its config, its weights under gpt2lab's names, its
+    tokenizer, and the folder they were read from."""
+    kind, folder = resolve_model_path(path, flag)
     if kind == "hf":
-        return load_hf(folder, device), gpt2_tokenizer()
+        cfg = config_from_hf(read_json(folder / "config.json"), folder / "config.json")
+        return cfg, hf_to_gpt2lab(read_hf_weights(folder), cfg), gpt2_tokenizer(), folder
     meta = read_json(folder / MODEL_META)
     if meta.get("format") != "gpt2lab" or not isinstance(meta.get("model"), dict):
         raise UserError(f"{folder / MODEL_META} is not a gpt2lab model description; re-save the checkpoint")
     cfg = config_from_dict(meta["model"], folder / MODEL_META)
     tokenizer = load_tokenizer(meta.get("tokenizer", {"kind": "gpt2"}))
+    return cfg, read_safetensors(folder / MODEL_FILE), tokenizer, folder
+
+
+def load_model(path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    """Load a model and its tokenizer from a run, a checkpoint or a Hugging Face directory."""
+    cfg, state, tokenizer, folder = read_model(path)
     model = GPT(cfg)
-    load_state_strict(model, read_safetensors(folder / MODEL_FILE), folder / MODEL_FILE)
+    load_state_strict(model, state, folder)
     return model.to(device).eval(), tokenizer
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of weights, whatever file they came from: SHA-256 over
+    each tensor's gpt2lab name, dtype, shape and bytes, in name order.  The
+    same weights read from a Hugging Face directory or from its gpt2lab
+    checkpoint hash alike; one changed bit changes the hash."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def config_from_dict(d: dict, source) -> GPTConfig:
@@ -321,15 +346,6 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             raise UserError(f"{binary} is not a plain state dict of tensors")
         return sd
     raise UserError(f"{folder} has config.json but neither model.safetensors nor pytorch_model.bin")
-
-
-def load_hf(folder, device: str | torch.device = "cpu") -> GPT:
-    """Build a gpt2lab model from a Hugging Face GPT-2 directory."""
-    folder = Path(folder)
-    cfg = config_from_hf(read_json(folder / "config.json"), folder / "config.json")
-    model = GPT(cfg)
-    load_state_strict(model, hf_to_gpt2lab(read_hf_weights(folder), cfg), folder)
-    return model.to(device).eval()
 
 
 def hf_config(cfg: GPTConfig, eot_token: int = 50256) -> dict:

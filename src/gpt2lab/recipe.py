@@ -36,6 +36,9 @@ class TrainConfig:
     hf_split: str = "train"  # the split of a Hugging Face dataset
     val_fraction: float = 0.1  # held-out tail of the tokens (not for shakespeare: whole plays)
     tokenizer: str = "bpe:4096"  # gpt2, char or bpe:N (built from the training documents), or a tokenizer JSON file
+    # fine-tuning (see finetune.py)
+    init_from: str | None = None  # start from a trained model: a run, a checkpoint or a Hugging Face GPT-2 directory
+    train_only: str = "all"  # all, no-embeddings or last-N (the last N blocks and the final LayerNorm)
     # run
     out: str | None = None  # run directory; default runs/<timestamp>
     seed: int = 1337
@@ -118,6 +121,9 @@ class TrainConfig:
             raise UserError(f"--autocast must be one of {', '.join(AUTOCAST_CHOICES)}, got {self.autocast!r}")
         if self.adamw not in ADAMW_CHOICES:
             raise UserError(f"--adamw must be one of {', '.join(ADAMW_CHOICES)}, got {self.adamw!r}")
+        from .finetune import check_train_only
+
+        check_train_only(self.train_only)
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction!r}")
 
@@ -162,6 +168,8 @@ def param_groups(model: GPT, cfg: TrainConfig) -> list[dict]:
     never decayed: pulling them toward zero only fights the normalisation."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue  # frozen (--train-only): no AdamW state at all
         is_embedding = name in ("embed.W_E", "pos_embed.W_pos")
         is_matrix = p.dim() >= 2 and name.rsplit(".", 1)[-1].startswith("W_")
         if is_matrix and (cfg.decay_embeddings or not is_embedding):

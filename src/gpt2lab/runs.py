@@ -79,6 +79,7 @@ class Run:
     checkpoint: Path | None = None  # the newest checkpoint written (or resumed from)
     step_model: torch.nn.Module | None = None  # step_model(x, y): the loss, gradients synced across ranks
     loss_fn: object = None  # loss_fn(x, y): step_model under this run's autocast and compile settings
+    parent: dict | None = None  # a fine-tuning run's starting point (finetune.Parent), recorded in config.json
 
 
 def load_run_config(run_dir: Path) -> tuple[TrainConfig, GPTConfig]:
@@ -121,7 +122,8 @@ def run_config(cfg: TrainConfig, model_cfg: GPTConfig | None, resume: str | Path
     return cfg, saved_model, ckpt
 
 
-def set_up(cfg: TrainConfig, model_cfg: GPTConfig, ckpt: Path | None, fit_vocab: bool, log, started: float) -> Run:
+def set_up(cfg: TrainConfig, model_cfg: GPTConfig, ckpt: Path | None, fit_vocab: bool, log, started: float,
+           start=None) -> Run:
     """Join the other processes (if any), then load the tokenizer and the
     tokens, build the model and its optimizer, and restore them from
     ``ckpt`` when resuming.  ``fit_vocab``: size the output layer to the
@@ -129,8 +131,10 @@ def set_up(cfg: TrainConfig, model_cfg: GPTConfig, ckpt: Path | None, fit_vocab:
 
     Where a run's starting point comes from is two functions:
     :func:`run_tokenizer` (its tokenizer) and :func:`new_model` (its first
-    weights); a run started from another model changes those two."""
+    weights); a run started from another model (``start``, a
+    ``finetune.Start``: ``--init-from``) takes both from there."""
     from .data import parse_source
+    from .finetune import check_train_only
 
     here = env_ranks()  # (rank, local rank, world size) under torchrun, else None
     device = resolve_device(cfg.device, here[1] if here else None)
@@ -145,21 +149,23 @@ def set_up(cfg: TrainConfig, model_cfg: GPTConfig, ckpt: Path | None, fit_vocab:
                                                     .get("world_size", 1), cfg, ranks.world_size, run_dir))
     torch.set_num_threads(cfg.threads or physical_cores())
     source = parse_source(cfg.data, cfg.text_field, cfg.hf_split)
-    tokenizer = run_tokenizer(cfg, source, ranks, ckpt)
+    tokenizer = start.tokenizer if start is not None else run_tokenizer(cfg, source, ranks, ckpt)
     if fit_vocab:
         model_cfg = dataclasses.replace(model_cfg, d_vocab=tokenizer.n_vocab)  # fit the output layer to the tokenizer
     if tokenizer.n_vocab > model_cfg.d_vocab:
         raise UserError(f"the tokenizer has {tokenizer.n_vocab} tokens but --d-vocab is {model_cfg.d_vocab}; "
                         "leave --d-vocab unset to match the tokenizer")
+    check_train_only(cfg.train_only, model_cfg.n_layers)  # before the run directory exists
     shards = ranks.main_first(lambda: prepare_data(cfg, source, tokenizer, model_cfg.n_ctx, ranks, fresh=ckpt is None))
     total_steps, tokens_per_step = count_steps(cfg, len(shards.train), model_cfg.n_ctx, ranks.world_size)
-    model, optimizer = new_model(model_cfg, cfg, device)
+    model, optimizer = new_model(model_cfg, cfg, device, start.model if start is not None else None)
     sampler = WindowSampler(len(shards.train), model_cfg.n_ctx, cfg.batch_size, cfg.seed,
                             epoch_mode=cfg.epochs is not None, rank=ranks.rank, world_size=ranks.world_size,
                             grad_accum=cfg.grad_accum)
     run = Run(cfg, run_dir, device, ranks, tokenizer, shards, model, optimizer, sampler, total_steps, tokens_per_step,
-              started)
+              started, parent=start.parent.to_dict() if start is not None else None)
     if ckpt is not None:
+        run.parent = read_json(run_dir / CONFIG_FILE).get("init_from")  # kept when config.json is rewritten
         restore(run, ckpt)
         if ranks.is_main:
             trim_metrics(run_dir / METRICS_FILE, run.step)
@@ -170,6 +176,11 @@ def set_up(cfg: TrainConfig, model_cfg: GPTConfig, ckpt: Path | None, fit_vocab:
         on = f" on {ranks.world_size} processes ({device.type})" if ranks.distributed else ""
         log(f"run {run_dir}: {model.num_params():,} parameters, {len(shards.train):,} training tokens, "
             f"{tokens_per_step:,} tokens per step{on}, {total_steps} steps")
+        if start is not None:
+            log(f"starting from {start.parent.checkpoint} (weights sha256 {start.parent.sha256[:16]}...)")
+    if run.parent or cfg.train_only != "all":
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log(f"training {trainable:,} of {model.num_params():,} parameters (--train-only {cfg.train_only})")
     run.step_model = ranks.data_parallel(model, cfg.loss_chunk, device)
     run.loss_fn = loss_function(model, cfg, device, forward=run.step_model)
     return run
@@ -222,12 +233,18 @@ def count_steps(cfg: TrainConfig, n_train_tokens: int, n_ctx: int, world_size: i
     return total_steps, windows_per_step * n_ctx
 
 
-def new_model(model_cfg: GPTConfig, cfg: TrainConfig, device: torch.device) -> tuple[GPT, torch.optim.AdamW]:
-    """The model with fresh weights drawn from ``cfg.seed``, and its optimizer.
+def new_model(model_cfg: GPTConfig, cfg: TrainConfig, device: torch.device,
+              start: GPT | None = None) -> tuple[GPT, torch.optim.AdamW]:
+    """The model with fresh weights drawn from ``cfg.seed`` (or ``start``, a
+    trained model, when fine-tuning), frozen as ``cfg.train_only`` says, and
+    its optimizer, which keeps AdamW state only for what trains.
     (A resumed run then loads its checkpoint over both: see :func:`restore`.)"""
+    from .finetune import freeze
+
     torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg).to(device)
+    model = (start if start is not None else GPT(model_cfg)).to(device)
     model.train()
+    freeze(model, cfg.train_only)
     return model, make_optimizer(model, cfg)
 
 
@@ -254,8 +271,10 @@ def write_run_config(run: Run) -> None:
     write_json(run.run_dir / CONFIG_FILE, {"train": run.cfg.to_dict(), "model": run.model.cfg.to_dict(),
                                            "tokenizer": run.tokenizer.to_dict(), "data": shards.header["source"],
                                            "tokens": {"train": len(shards.train), "val": len(shards.val),
-                                                      "cache": str(shards.folder)},
-                                           "world_size": run.ranks.world_size})
+                                                      "cache": str(shards.folder),
+                                                      "train_bytes_per_token": shards.train_bytes_per_token},
+                                           "world_size": run.ranks.world_size,
+                                           **({"init_from": run.parent} if run.parent else {})})
 
 
 def quiet(*args, **kwargs) -> None:

@@ -368,9 +368,17 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
     caller ends the group with ``distributed.stop()`` (the CLI does)."""
     started = time.monotonic()
     cfg, model_cfg, ckpt = run_config(cfg, model_cfg, resume, train_overrides or {}, model_overrides or {})
-    fit_vocab = ckpt is None and "d_vocab" not in (model_overrides or {})
-    run = set_up(cfg, model_cfg, ckpt, fit_vocab, log, started)
+    start = None
+    if ckpt is None and cfg.init_from is not None:  # fine-tuning: the model and its tokenizer come from --init-from
+        from .finetune import start_from
+
+        start = start_from(cfg.init_from, model_overrides, (train_overrides or {}).get("tokenizer"))
+        model_cfg = start.model.cfg
+    fit_vocab = ckpt is None and start is None and "d_vocab" not in (model_overrides or {})
+    run = set_up(cfg, model_cfg, ckpt, fit_vocab, log, started, start)
     metrics, signals = MetricsLog(run), StopOnSignal()
+    if start is not None:  # where the base model stands on the new text, before any update
+        metrics.write({"step": 0, "tokens": 0, **validation(run)})
     run_start = time.monotonic()
     try:
         signals.install()
