@@ -1,14 +1,15 @@
 """Loss curves; attention heatmaps and per-token losses written as real PNGs, never over a file."""
 
 import json
+import math
 
 import matplotlib.image
 import numpy as np
 import pytest
 
 from gpt2lab.errors import UserError
-from gpt2lab.plots import (attention_figure, plot_runs, read_metrics, save_figure, token_label,
-                           token_loss_figure)
+from gpt2lab.plots import (attention_figure, loss_figure, plot_runs, read_metrics, save_figure, token_label,
+                           token_loss_figure, with_train_bpb)
 
 from conftest import assert_user_error, run_cli
 
@@ -38,6 +39,16 @@ def test_plot_one_and_several_runs(tmp_path):
     proc = run_cli("plot", a, "--json")  # one run: RUN_DIR/loss.png, named on the last line
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"plot": str(a / "loss.png")}
+
+
+def test_bpb_plot_shows_the_training_loss_in_bits_per_byte_too(tmp_path):
+    """Runs with different tokenizers (fine-tuned vs from scratch) compare on one bits-per-byte plot."""
+    a, b = fake_run(tmp_path / "a", 1.0), fake_run(tmp_path / "b", 1.0)
+    (a / "config.json").write_text(json.dumps({"tokens": {"train_bytes_per_token": 4.0}}))
+    rows = with_train_bpb(a, read_metrics(a))
+    assert rows[0]["train_bpb"] == pytest.approx(10 / math.log(2) / 4)
+    fig = loss_figure([("a", rows), ("b", with_train_bpb(b, read_metrics(b)))], "bpb")
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["a train", "a val", "b val"]  # b: no config
 
 
 def test_plot_bad_run_dir_is_one_line_error(tmp_path):

@@ -454,6 +454,11 @@ class TokenShards:
         return self.tokens[self.header["split"]:]
 
     @property
+    def train_bytes_per_token(self) -> float:
+        """UTF-8 bytes of training text per training token (to plot the training loss in bits per byte)."""
+        return self.header["train_bytes"] / max(self.header["split"], 1)
+
+    @property
     def val_bytes_per_token(self) -> float:
         """UTF-8 bytes of validation text per validation token, for bits per byte."""
         return self.header["val_bytes"] / max(self.header["n_tokens"] - self.header["split"], 1)

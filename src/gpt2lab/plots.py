@@ -7,6 +7,7 @@ Everything here draws with matplotlib's headless Agg backend into PNG files
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -39,23 +40,24 @@ def read_metrics(run_dir) -> list[dict]:
 def loss_figure(runs: list[tuple[str, list[dict]]], metric: str = "loss"):
     """Train and validation curves against tokens seen (top), learning rate (bottom).
 
-    ``metric="bpb"`` plots validation bits per byte only, the measure that
-    compares runs with different tokenizers."""
+    ``metric="bpb"`` plots bits per byte, the measure that compares runs with
+    different tokenizers: validation, and training where the rows have it
+    (``train_bpb``, see :func:`with_train_bpb`)."""
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, rows) in enumerate(runs):
         c = colors[i % len(colors)]
-        train = [(r["tokens"], r["loss"]) for r in rows if "loss" in r]
-        val_key = "val_bpb" if metric == "bpb" else "val_loss"
+        train_key, val_key = ("train_bpb", "val_bpb") if metric == "bpb" else ("loss", "val_loss")
+        train = [(r["tokens"], r[train_key]) for r in rows if train_key in r]
         val = [(r["tokens"], r[val_key]) for r in rows if val_key in r]
-        if metric == "loss" and train:
+        if train:
             ax.plot(*zip(*train), color=c, alpha=0.35, lw=1, label=f"{label} train")
         if val:
             ax.plot(*zip(*val), color=c, marker="o", ms=3, lw=1.5, label=f"{label} val")
         lr = [(r["tokens"], r["lr"]) for r in rows if "lr" in r]
         if lr:
             ax_lr.plot(*zip(*lr), color=c, lw=1)
-    ax.set_ylabel("validation bits per byte" if metric == "bpb" else "loss (nats per token)")
+    ax.set_ylabel("bits per byte" if metric == "bpb" else "loss (nats per token)")
     ax.grid(alpha=0.3)
     if runs:
         ax.legend(fontsize=8)
@@ -70,7 +72,7 @@ def plot_runs(run_dirs, out, metric: str = "loss") -> Path:
     """Overlay the curves of one or more runs into the PNG file ``out``."""
     if metric not in ("loss", "bpb"):
         raise UserError(f"unknown metric {metric!r}; choose loss or bpb")
-    runs = [(Path(d).name or str(d), read_metrics(d)) for d in run_dirs]
+    runs = [(Path(d).name or str(d), with_train_bpb(d, read_metrics(d))) for d in run_dirs]
     fig = loss_figure(runs, metric)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp.png")
@@ -83,6 +85,17 @@ def plot_runs(run_dirs, out, metric: str = "loss") -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return out
+
+
+def with_train_bpb(run_dir, rows: list[dict]) -> list[dict]:
+    """The rows with the training loss also in bits per byte (``train_bpb``),
+    where the run's ``config.json`` records the training text's bytes per token."""
+    try:
+        config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        per_token = float(config["tokens"]["train_bytes_per_token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return rows  # an older run: validation bits per byte only
+    return [{**r, "train_bpb": r["loss"] / math.log(2) / per_token} if "loss" in r else r for r in rows]
 
 
 def check_png_path(path, overwrite: bool = False) -> Path:
