@@ -9,7 +9,7 @@ how to write one (atomically) is here.
 A run directory::
 
     RUN/
-      config.json          the resolved TrainConfig and GPTConfig
+      config.json          the resolved TrainConfig and GPTConfig (and a fine-tuning run's init_from)
       metrics.jsonl        one JSON object per logged step
       loss.png             train/val loss and learning rate against tokens seen
       checkpoints/

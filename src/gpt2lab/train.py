@@ -18,8 +18,9 @@ One step of training (:func:`optimization_step`):
 
 Every ``eval_every`` steps the model is scored on a fixed set of validation
 windows (loss and bits per byte), ``metrics.jsonl`` and ``loss.png`` are
-updated (:class:`MetricsLog`); every ``checkpoint_every`` steps (and at the
-end) a checkpoint is written atomically (:func:`save`; the files: ``runs.py``).  Resuming restores the weights, the optimizer, the sampler's
+updated (:class:`MetricsLog`); a fine-tuning run (``init_from``) is also
+scored once before its first update, at step 0.  Every ``checkpoint_every``
+steps (and at the end) a checkpoint is written atomically (:func:`save`; the files: ``runs.py``).  Resuming restores the weights, the optimizer, the sampler's
 position and every random state, so a resumed run produces the very same
 losses as one that was never interrupted.
 
