@@ -45,9 +45,10 @@ def run_cli(*args, cwd=None, timeout=300, env=None):
                           cwd=cwd, timeout=timeout, env=full_env)
 
 
-def kill_9_after(argv, metrics, lines: int, timeout: float = 180):
+def kill_9_after(argv, metrics, lines: int, timeout: float = 600) -> bool:
     """Start ``gpt2lab ARGV`` and SIGKILL it once ``metrics`` (a run's
-    metrics.jsonl) has ``lines`` lines: a crash at a moment we choose."""
+    metrics.jsonl) has ``lines`` lines: a crash at a moment we choose.
+    Returns whether it got that far (rather than finishing, or timing out)."""
     import signal
     import time
 
@@ -59,8 +60,10 @@ def kill_9_after(argv, metrics, lines: int, timeout: float = 180):
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= lines:
             break
         time.sleep(0.02)
+    reached = proc.poll() is None and metrics.is_file() and len(metrics.read_text().splitlines()) >= lines
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    return reached
 
 
 def assert_user_error(proc, *fragments):

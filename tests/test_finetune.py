@@ -13,6 +13,7 @@ from gpt2lab.checkpoint import latest_checkpoint, load_model, read_model, weight
 from gpt2lab.data import fable_documents, parse_source, prepare_tokens
 from gpt2lab.finetune import FINETUNE_DEFAULTS, freeze, start_from, trains
 from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.runs import STATE_FILE
 from gpt2lab.tokenizer import gpt2_tokenizer
 
 from conftest import kill_9_after, random_hf_model, run_cli
@@ -102,9 +103,10 @@ def test_frozen_tensors_stay_bit_identical_and_get_no_adamw_state(corpus, hf_dir
     for name in after:  # every tensor, not only the named ones
         assert torch.equal(after[name], before[name]) != trains(name, choice, 2), name
     assert {*frozen, *trained} <= set(after)
-    state = torch.load(latest_checkpoint(out) / T.STATE_FILE, weights_only=True)["optimizer"]
+    state = torch.load(latest_checkpoint(out) / STATE_FILE, weights_only=True)["optimizer"]
     n_trained = sum(trains(name, choice, 2) for name in after)
     assert len(state["state"]) == n_trained < len(after)  # AdamW moments only for what trains
+    assert sum(len(group["params"]) for group in state["param_groups"]) == n_trained  # frozen ones not even listed
 
 
 def test_freeze_counts_what_trains():
@@ -135,7 +137,7 @@ def test_a_finetuning_run_killed_with_sigkill_resumes_to_the_same_losses(corpus,
     full = run_cli("train", "--out", tmp_path / "full", *args)
     assert full.returncode == 0, full.stderr
     assert "training 3,317,568 of 3,317,568 parameters (--train-only all)" in full.stdout, full.stdout
-    kill_9_after(["train", "--out", tmp_path / "cut", *args], tmp_path / "cut" / "metrics.jsonl", 6)
+    assert kill_9_after(["train", "--out", tmp_path / "cut", *args], tmp_path / "cut" / "metrics.jsonl", 6)
     assert latest_checkpoint(tmp_path / "cut") is not None
     resumed = run_cli("train", "--resume", tmp_path / "cut", "--progress", "false")
     assert resumed.returncode == 0, resumed.stderr

@@ -48,7 +48,7 @@ from .tokenizer import Tokenizer, load_tokenizer
 # from-scratch recipe's, and the warmup short: there is no random start to
 # calm down, only AdamW's moments to fill.  Measured in the README's
 # "Fine-tune a model on your text".
-FINETUNE_DEFAULTS = dict(lr=3e-4, min_lr=3e-5, warmup_steps=10, max_steps=200, eval_every=25,
+FINETUNE_DEFAULTS = dict(lr=3e-4, min_lr=3e-5, warmup_steps=10, max_steps=100, eval_every=20,
                          checkpoint_every=50)
 
 # GPTConfig fields that a fine-tuning run may set differently from its parent.
