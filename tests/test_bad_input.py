@@ -123,7 +123,7 @@ CATALOGUE = [
      ["training_state.pt: it calls io.open", "could run code"], "resume only runs you trust"),
     # train --init-from (fine-tuning): the model and tokenizer come from PATH
     (["train", "--init-from", "{W}/missing", "--data", "{W}/corpus.txt", "--out", "{W}/new"],
-     ["does not exist"], "give --init-from a run directory"),
+     ["does not exist"], "Hugging Face GPT-2 directory to --init-from"),
     (["train", "--init-from", "{W}/adir", "--data", "{W}/corpus.txt", "--out", "{W}/new"],
      ["is neither a gpt2lab run"], "point --init-from at one of those"),
     (["train", "--init-from", "{W}/corrupt", "--data", "{W}/corpus.txt", "--out", "{W}/new"],

@@ -16,7 +16,7 @@ from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.runs import STATE_FILE
 from gpt2lab.tokenizer import gpt2_tokenizer
 
-from conftest import kill_9_after, random_hf_model, run_cli
+from conftest import assert_same_run, kill_9_after, random_hf_model, run_cli
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("token_cache")
@@ -141,7 +141,6 @@ def test_a_finetuning_run_killed_with_sigkill_resumes_to_the_same_losses(corpus,
     assert latest_checkpoint(tmp_path / "cut") is not None
     resumed = run_cli("train", "--resume", tmp_path / "cut", "--progress", "false")
     assert resumed.returncode == 0, resumed.stderr
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rs]  # noqa: E731
-    assert strip(rows(tmp_path / "cut")) == strip(rows(tmp_path / "full"))
+    assert_same_run(tmp_path / "cut", tmp_path / "full")  # every metrics row, step 0 included, and every tensor
     config = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert config["init_from"]["path"] == str(hf_dir) and config["model"]["n_ctx"] == 16

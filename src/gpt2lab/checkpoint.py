@@ -176,8 +176,8 @@ def resolve_model_path(path, flag: str = "--model") -> tuple[str, Path]:
     ``flag``: the option that named it, for the error messages."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"model path {path} does not exist; give {flag} a run directory, a checkpoint or a "
-                        "Hugging Face GPT-2 directory")
+        raise UserError(f"model path {path} does not exist; give a run directory, a checkpoint or a "
+                        f"Hugging Face GPT-2 directory to {flag}")
     if path.is_file():
         path = path.parent  # model.safetensors or model.json named directly
     if (path / MODEL_META).is_file():

@@ -232,6 +232,13 @@ def fable_documents(split: str) -> Iterator[str]:
 EMBEDDED = {"shakespeare": shakespeare_documents, "fables": fable_documents}
 
 
+def held_out(kind: str) -> list[str]:
+    """The names of an embedded corpus's validation documents: plays, or fables' titles."""
+    if kind == "shakespeare":
+        return list(VALIDATION_PLAYS)
+    return [doc.split("\n", 1)[0] for doc in EMBEDDED[kind]("val")]
+
+
 # ---------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------
@@ -584,7 +591,7 @@ def prepare_tokens(source: Source, tokenizer, val_fraction: float = 0.1, cache: 
                   "source_hash": src_hash, "tokenizer": tok_desc, "dtype": np.dtype(dtype).name,
                   "n_tokens": n_total, "n_documents": d_train + d_val}
         if source.kind in EMBEDDED:
-            header.update(split=n_train, val_bytes=b_val, val_documents=d_val, train_bytes=b_train)
+            header.update(split=n_train, val_bytes=b_val, val_documents=held_out(source.kind), train_bytes=b_train)
         else:
             split = n_total - max(1, int(math.floor(n_total * val_fraction)))
             tokens = np.memmap(tmp / "tokens.bin", dtype=dtype, mode="r")
