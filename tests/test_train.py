@@ -127,8 +127,9 @@ def test_same_seed_same_losses(corpus, tmp_path):
     assert saved["train"]["lr"] == 1e-2 and saved["model"]["n_ctx"] == 16
 
 
-def test_resume_matches_uninterrupted_run(corpus, tmp_path):
-    T.train(cfg(corpus, tmp_path / "full"), tiny_model(), log=quiet)
+@pytest.mark.parametrize("optimizer", recipe.OPTIMIZER_CHOICES)
+def test_resume_matches_uninterrupted_run(corpus, tmp_path, optimizer):
+    T.train(cfg(corpus, tmp_path / "full", optimizer=optimizer), tiny_model(), log=quiet)
 
     class Crash(Exception):
         pass
@@ -138,7 +139,7 @@ def test_resume_matches_uninterrupted_run(corpus, tmp_path):
             raise Crash  # dies after logging steps 5-6, past the step-4 checkpoint
 
     with pytest.raises(Crash):
-        T.train(cfg(corpus, tmp_path / "cut"), tiny_model(), log=quiet, on_step=crash_at_6)
+        T.train(cfg(corpus, tmp_path / "cut", optimizer=optimizer), tiny_model(), log=quiet, on_step=crash_at_6)
     assert latest_checkpoint(tmp_path / "cut").name == "step_00000004"
     T.train(T.TrainConfig(), resume=tmp_path / "cut", log=quiet)
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
@@ -395,9 +396,10 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_the_loss():
     assert values["bf16"] == pytest.approx(values["off"], abs=2e-2)
 
 
-@pytest.mark.parametrize("field, value", [("autocast", "fp8"), ("adamw", "sgd")])
+@pytest.mark.parametrize("field, value", [("autocast", "fp8"), ("adamw", "sgd"), ("optimizer", "sgd"),
+                                          ("muon_momentum", 1.0)])
 def test_bad_speed_settings_are_user_errors(field, value):
-    with pytest.raises(UserError, match=f"--{field}"):
+    with pytest.raises(UserError, match=f"--{field.replace('_', '-')}"):
         T.TrainConfig(**{field: value})
 
 
@@ -464,8 +466,8 @@ def test_max_minutes_stops_by_time_saves_and_resumes(corpus, tmp_path):
 @pytest.mark.slow
 def test_the_readme_main_command_runs_the_default_recipe(tmp_path):
     """``gpt2lab train`` as the README's first command runs it, cut to 3 steps: the embedded corpus,
-    a 4,096-token BPE trained when the run starts, the mini model with a 128-token context, the
-    evaluation and the final sample."""
+    a 4,096-token BPE trained when the run starts, the mini model with its 256-token context, Muon,
+    the evaluation and the final sample."""
     proc = run_cli("train", "--max-steps", 3, "--out", tmp_path / "run", "--progress", "false", "--json",
                    env={"GPT2LAB_CACHE": str(tmp_path / "cache")}, timeout=900)
     assert proc.returncode == 0, proc.stderr
@@ -475,7 +477,8 @@ def test_the_readme_main_command_runs_the_default_recipe(tmp_path):
     mini = GPTConfig.from_preset("mini")
     assert {k: saved["model"][k] for k in ("n_layers", "d_model", "n_heads")} == \
         {"n_layers": mini.n_layers, "d_model": mini.d_model, "n_heads": mini.n_heads}
-    assert saved["model"]["n_ctx"] == 128 and saved["train"]["batch_size"] == 16
+    assert saved["model"]["n_ctx"] == 256 and saved["train"]["batch_size"] == 16
+    assert saved["train"]["optimizer"] == "muon" and saved["train"]["lr"] == 8e-3
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["step"] == 3 and summary["val_bpb"] > 0
     assert "sample" in proc.stdout and len(summary["sample"]) > 100  # the 200-token sample
@@ -507,3 +510,19 @@ def test_val_bpb_is_what_gpt2lab_eval_says_on_the_validation_text(corpus, tmp_pa
     assert abs(ev["tokens"] - len(val)) <= 2  # (the split may start inside a word, re-tokenized here)
     print(f"val_bpb {result.metrics['val_bpb']:.4f}, gpt2lab eval {ev['bits_per_byte']:.4f}")
     assert result.metrics["val_bpb"] == pytest.approx(ev["bits_per_byte"], rel=0.01)
+
+
+@pytest.mark.parametrize("adapt", [False, True])
+def test_adapt_threads_times_steps_on_one_thread_and_on_all(corpus, tmp_path, monkeypatch, adapt):
+    seen = []
+    step = T.optimization_step
+
+    def spy(run, lr, warn):
+        seen.append(torch.get_num_threads())
+        return step(run, lr, warn)
+
+    monkeypatch.setattr(T, "optimization_step", spy)
+    T.train(cfg(corpus, tmp_path / "run", threads=2, adapt_threads=adapt), tiny_model(), log=quiet)
+    # adapting: the first steps try each candidate (ThreadChooser), then the faster is kept
+    assert set(seen[:2]) == ({1, 2} if adapt else {2}) and set(seen) <= {1, 2}
+    assert torch.get_num_threads() == 2  # the count set outside a step is left as it was

@@ -374,7 +374,8 @@ def train_flags(p) -> None:
 
     from .finetune import FINETUNE_DEFAULTS, TRAIN_ONLY_CHOICES
 
-    finetune_defaults = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in FINETUNE_DEFAULTS.items())
+    finetune_defaults = " ".join(f"--{k.replace('_', '-')} {v if isinstance(v, str) else format(v, 'g')}"
+                                 for k, v in FINETUNE_DEFAULTS.items())
     p.description = ("Train a GPT-2. Every TrainConfig and GPTConfig field is a flag. Fine-tuning: --init-from "
                      "PATH (a run, a checkpoint or a Hugging Face GPT-2 directory; nothing is downloaded) starts "
                      "from that model, with its shape and tokenizer (only a smaller --n-ctx and --dropout may "

@@ -27,8 +27,10 @@ from .model import GPT
 class TrainConfig:
     """Everything about a training run except the model's shape (``GPTConfig``).
 
-    The defaults are the default recipe: the best validation bits per byte we
-    measured in about five minutes on two CPU cores (see the README)."""
+    The defaults are the default recipe: the best held-out bits per byte we
+    measured for the same minutes of training on two CPU cores (the sweep in
+    benchmarks/README.md; ``python -m benchmarks race`` runs it against
+    nanoGPT's CPU recipe)."""
 
     # data
     data: str = "shakespeare"  # shakespeare, a file, a directory, or hf:DATASET[:CONFIG]
@@ -45,11 +47,13 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps
     backend: str = "auto"  # with several processes: auto (nccl on cuda, gloo on cpu), gloo, nccl
     threads: int = 0  # torch CPU threads; 0: one per physical core
+    adapt_threads: bool = False  # each step on 1 or --threads threads, whichever is faster now (hardware.ThreadChooser):
+    # faster while other programs keep a core busy, but then the runs are no longer bit-for-bit reproducible
     # batch and optimisation
     batch_size: int = 16  # sequences per micro-step per process
     grad_accum: int = 1  # micro-steps whose gradients add up to one step
     # one step trains on batch_size x processes x grad_accum sequences (the global batch)
-    lr: float = 3e-3  # peak learning rate
+    lr: float = 8e-3  # peak learning rate
     min_lr: float = 3e-4  # floor of the cosine decay
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -57,6 +61,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    optimizer: str = "muon"  # muon (Muon for the blocks' weight matrices, AdamW for the rest; muon.py) or adamw
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum
     # speed (see benchmarks/README.md); none of these changes what is learned beyond rounding
     loss_chunk: int = 1024  # rows of logits per chunk of the fused output layer + loss (0: plain, all at once)
     autocast: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16, else fp32), bf16, off
@@ -64,7 +70,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the loss (slow to start; measured no faster on 2 CPU cores)
     deterministic: bool = False  # deterministic kernels everywhere, at a cost on GPUs (the CPU path always is; README)
     # when to stop (whichever comes first)
-    max_steps: int = 700
+    max_steps: int = 350
     epochs: float | None = None  # passes over the training windows, sampled without replacement
     max_minutes: float | None = None  # wall-clock limit
     # logging, evaluation, checkpoints
@@ -119,6 +125,10 @@ class TrainConfig:
             raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.autocast not in AUTOCAST_CHOICES:
             raise UserError(f"--autocast must be one of {', '.join(AUTOCAST_CHOICES)}, got {self.autocast!r}")
+        if self.optimizer not in OPTIMIZER_CHOICES:
+            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZER_CHOICES)}, got {self.optimizer!r}")
+        if not 0 <= self.muon_momentum < 1:
+            raise UserError(f"--muon-momentum must be in [0, 1), got {self.muon_momentum!r}")
         if self.adamw not in ADAMW_CHOICES:
             raise UserError(f"--adamw must be one of {', '.join(ADAMW_CHOICES)}, got {self.adamw!r}")
         from .finetune import check_train_only
@@ -131,10 +141,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# The default model: the `mini` preset (2 layers, d_model 256) with a shorter
-# context, chosen by measurement for CPU training (see the README).
+# The default model: the `mini` preset as it is (2 layers, d_model 256, a
+# 256-token context), chosen by measurement for CPU training (the sweep in
+# benchmarks/README.md).
 DEFAULT_PRESET = "mini"
-DEFAULT_MODEL_OVERRIDES = dict(n_ctx=128)
+DEFAULT_MODEL_OVERRIDES: dict = {}
 
 
 # ---------------------------------------------------------------------------
@@ -191,10 +202,30 @@ def adamw_flags(cfg: TrainConfig, device: torch.device) -> dict:
     return {"fused": fused or None, "foreach": (cfg.adamw == "foreach") or (False if fused else None)}
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.AdamW:
+OPTIMIZER_CHOICES = ("adamw", "muon")
+BLOCK_MATRICES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig):
+    """AdamW over every parameter that trains, or (``--optimizer muon``) Muon
+    over the blocks' weight matrices and AdamW over the rest (``muon.py``)."""
     device = next(model.parameters()).device
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
-                             **adamw_flags(cfg, device))
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **adamw_flags(cfg, device))
+    from .muon import Muon, Optimizers
+
+    names = {p: n for n, p in model.named_parameters()}
+    is_muon = {p: n.rsplit(".", 1)[-1] in BLOCK_MATRICES for p, n in names.items()}
+    matrices = {"params": [p for g in groups for p in g["params"] if is_muon[p]], "name": "muon"}
+    matrices["names"] = [names[p] for p in matrices["params"]]
+    for g in groups:
+        g["params"] = [p for p in g["params"] if not is_muon[p]]
+    dtype = autocast_dtype(device, cfg.autocast) or torch.float32
+    return Optimizers(adamw=torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+                                              **adamw_flags(cfg, device)),
+                      muon=Muon([matrices], lr=cfg.lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay,
+                                matmul_dtype=str(dtype).removeprefix("torch.")))
 
 
 def loss_function(model: GPT, cfg: TrainConfig, device: torch.device, forward=None):

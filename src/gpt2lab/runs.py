@@ -21,6 +21,7 @@ A run directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -39,7 +40,7 @@ from .checkpoint import CHECKPOINTS, MODEL_FILE, MODEL_META, fsync_dir, latest_c
     read_json, read_safetensors, save_model, torch_load_safely, write_bytes_atomic, write_json
 from .distributed import Ranks, env_ranks, start as start_ranks
 from .errors import UserError
-from .hardware import physical_cores, resolve_device, use_deterministic_kernels
+from .hardware import ThreadChooser, physical_cores, resolve_device, use_deterministic_kernels
 from .model import GPT, GPTConfig
 from .recipe import DEFAULT_MODEL_OVERRIDES, DEFAULT_PRESET, TrainConfig, adamw_flags, loss_function, make_optimizer
 
@@ -67,7 +68,7 @@ class Run:
     tokenizer: object  # tokenizer.Tokenizer
     shards: object  # data.TokenShards: .train and .val tokens, .val_bytes_per_token
     model: GPT
-    optimizer: torch.optim.AdamW
+    optimizer: torch.optim.Optimizer  # AdamW, or muon.Optimizers (Muon + AdamW)
     sampler: WindowSampler
     total_steps: int
     tokens_per_step: int  # the global batch, in tokens
@@ -80,6 +81,11 @@ class Run:
     step_model: torch.nn.Module | None = None  # step_model(x, y): the loss, gradients synced across ranks
     loss_fn: object = None  # loss_fn(x, y): step_model under this run's autocast and compile settings
     parent: dict | None = None  # a fine-tuning run's starting point (finetune.Parent), recorded in config.json
+    threads: ThreadChooser | None = None  # with --adapt-threads on a CPU: picks each step's thread count
+
+    def step_threads(self):
+        """The context a step runs in: the thread count chosen for it (``--adapt-threads``), or as it is."""
+        return self.threads.step() if self.threads is not None else contextlib.nullcontext()
 
 
 def load_run_config(run_dir: Path) -> tuple[TrainConfig, GPTConfig]:
@@ -164,6 +170,8 @@ def set_up(cfg: TrainConfig, model_cfg: GPTConfig, ckpt: Path | None, fit_vocab:
                             grad_accum=cfg.grad_accum)
     run = Run(cfg, run_dir, device, ranks, tokenizer, shards, model, optimizer, sampler, total_steps, tokens_per_step,
               started, parent=start.parent.to_dict() if start is not None else None)
+    if cfg.adapt_threads and device.type == "cpu":
+        run.threads = ThreadChooser(torch.get_num_threads())
     if ckpt is not None:
         run.parent = read_json(run_dir / CONFIG_FILE).get("init_from")  # kept when config.json is rewritten
         restore(run, ckpt)
@@ -234,7 +242,7 @@ def count_steps(cfg: TrainConfig, n_train_tokens: int, n_ctx: int, world_size: i
 
 
 def new_model(model_cfg: GPTConfig, cfg: TrainConfig, device: torch.device,
-              start: GPT | None = None) -> tuple[GPT, torch.optim.AdamW]:
+              start: GPT | None = None) -> tuple[GPT, torch.optim.Optimizer]:
     """The model with fresh weights drawn from ``cfg.seed`` (or ``start``, a
     trained model, when fine-tuning), frozen as ``cfg.train_only`` says, and
     its optimizer, which keeps AdamW state only for what trains.
@@ -254,8 +262,9 @@ def restore(run: Run, ckpt: Path) -> None:
     load_state_strict(run.model, read_safetensors(ckpt / MODEL_FILE), ckpt / MODEL_FILE)
     state = load_training_state(ckpt)
     run.optimizer.load_state_dict(state["optimizer"])
-    for group in run.optimizer.param_groups:  # the implementation may change on resume; the state may not
-        group.update(adamw_flags(run.cfg, run.device))
+    for group in run.optimizer.param_groups:  # AdamW's implementation may change on resume; the state may not
+        if "betas" in group:
+            group.update(adamw_flags(run.cfg, run.device))
     run.sampler.load_state_dict(state["sampler"])
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
@@ -420,7 +429,7 @@ def load_training_state(ckpt: Path) -> dict:
 RESUMABLE_CHANGES = {"max_steps", "epochs", "max_minutes", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints", "sample_tokens", "sample_temperature", "sample_top_k", "progress",
                      "device", "backend", "threads", "out", "on_nan", "spike_factor", "loss_chunk",
-                     "autocast", "adamw", "compile", "deterministic"}
+                     "autocast", "adamw", "compile", "deterministic", "adapt_threads"}
 # May change when resuming as long as the global batch stays the same (e.g. on more processes).
 BATCH_LAYOUT = {"batch_size", "grad_accum"}
 

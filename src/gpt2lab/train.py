@@ -385,7 +385,8 @@ def train(cfg: TrainConfig, model_cfg: GPTConfig | None = None, resume: str | Pa
         signals.install()
         while (stopped_by := stop_reason(run, signals, run_start)) is None:
             lr = lr_at(run.step, cfg, run.total_steps, training_minutes(run, run_start))
-            loss, grad_norm, finite = optimization_step(run, lr, metrics.warn)
+            with run.step_threads():
+                loss, grad_norm, finite = optimization_step(run, lr, metrics.warn)
             run.step += 1
             run.tokens += run.tokens_per_step
             spike = loss_spike(run, loss, finite, metrics.warn)
