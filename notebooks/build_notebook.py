@@ -680,7 +680,7 @@ run_tmp = tempfile.TemporaryDirectory(prefix="gpt2lab-notebook-")  # removed at 
 if QUICK:
     train_cfg = GPTConfig.from_preset("tiny", n_ctx=64)  # 64 characters hold section 7's prompt
     recipe = TrainConfig(max_steps=30, batch_size=4, warmup_steps=5, eval_every=10, eval_batches=2,
-                         log_every=10, checkpoint_every=30, tokenizer="char")
+                         log_every=1, checkpoint_every=30, tokenizer="char")
 else:
     train_cfg = GPTConfig.from_preset("mini")
     # the default recipe; a time cap for slow machines, and a log line every 5 steps for the curve
