@@ -77,7 +77,7 @@ def run(minutes: tuple[float, ...] = (2.0,), log=functools.partial(print, flush=
                 row[name] = {"steps": report["step"], "tokens": report["tokens"], "stopped_by": report["stopped_by"],
                              "wall_s": time.monotonic() - start, "bpb": held_out_bits_per_byte(out, max_chars)}
                 log(f"  {m} min, {name}: {row[name]['steps']} steps, {row[name]['bpb']:.3f} bits/byte held out")
-            if len(recipes) == len(RECIPES):
+            if ANCHOR in row and OURS in row:
                 row["ratio"] = row[OURS]["bpb"] / row[ANCHOR]["bpb"]
             rows.append(row)
     return {"rows": rows, "recipes": RECIPES}

@@ -211,21 +211,27 @@ def make_optimizer(model: GPT, cfg: TrainConfig):
     over the blocks' weight matrices and AdamW over the rest (``muon.py``)."""
     device = next(model.parameters()).device
     groups = param_groups(model, cfg)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **adamw_flags(cfg, device))
+    matrices = take_block_matrices(model, groups) if cfg.optimizer == "muon" else None
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **adamw_flags(cfg, device))
+    if matrices is None:
+        return adamw
     from .muon import Muon, Optimizers
 
+    dtype = autocast_dtype(device, cfg.autocast) or torch.float32
+    return Optimizers(adamw=adamw, muon=Muon([matrices], lr=cfg.lr, momentum=cfg.muon_momentum,
+                                             weight_decay=cfg.weight_decay,
+                                             matmul_dtype=str(dtype).removeprefix("torch.")))
+
+
+def take_block_matrices(model: GPT, groups: list[dict]) -> dict:
+    """Move the blocks' weight matrices out of AdamW's ``groups`` into one
+    Muon group (with their names, which say how each is a 2-D map)."""
     names = {p: n for n, p in model.named_parameters()}
     is_muon = {p: n.rsplit(".", 1)[-1] in BLOCK_MATRICES for p, n in names.items()}
-    matrices = {"params": [p for g in groups for p in g["params"] if is_muon[p]], "name": "muon"}
-    matrices["names"] = [names[p] for p in matrices["params"]]
+    params = [p for g in groups for p in g["params"] if is_muon[p]]
     for g in groups:
         g["params"] = [p for p in g["params"] if not is_muon[p]]
-    dtype = autocast_dtype(device, cfg.autocast) or torch.float32
-    return Optimizers(adamw=torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
-                                              **adamw_flags(cfg, device)),
-                      muon=Muon([matrices], lr=cfg.lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay,
-                                matmul_dtype=str(dtype).removeprefix("torch.")))
+    return {"params": params, "names": [names[p] for p in params], "name": "muon"}
 
 
 def loss_function(model: GPT, cfg: TrainConfig, device: torch.device, forward=None):
