@@ -51,6 +51,15 @@ from gpt2lab.hardware import ThreadChooser
 from gpt2lab.model import GPT, GPTConfig
 
 
+# The random weights' std.  With GPT-2's 0.02 the logits are nearly flat and greedy repeats one
+# token, an empty check.  With 0.4 or more, 12 layers amplify float rounding until logits move by a
+# few tenths (gpt2 at 0.4: 0.25 between gpt2lab and transformers on one full forward, at a logit
+# scale of 46), so any two correct implementations part at the first near-tie: transformers'
+# own cached and uncached greedy paths then disagree with each other.  0.2 gives varied tokens
+# (about 150 to 200 distinct in 256) without that chaos.
+INIT_RANGE = 0.2
+
+
 def hf_twin(model: GPT):
     """A ``transformers`` GPT2LMHeadModel holding ``model``'s weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -121,9 +130,7 @@ def run_one(preset: str = "mini", batch: int = 1, new_tokens: int = 256, prompt_
         # HF cannot go past n_ctx (we would slide the window), so the context is
         # widened when prompt + new tokens do not fit (mini: 256 -> 272).
         n_ctx = max(cfg.n_ctx, prompt_len + new_tokens)
-        # init_range 1.0: with GPT-2's 0.02 the logits are nearly flat and greedy repeats one token,
-        # which would make "same tokens" an empty check.
-        model = GPT(GPTConfig.from_preset(preset, n_ctx=n_ctx, init_range=1.0)).eval()
+        model = GPT(GPTConfig.from_preset(preset, n_ctx=n_ctx, init_range=INIT_RANGE)).eval()
     n_ctx = model.cfg.n_ctx
     bf16 = model_in_dtype(model, "bf16")
     hf = hf_twin(model)

@@ -298,6 +298,38 @@ def test_load_16_concurrent_streaming_clients(client, server):
     assert get(server + "/health")["requests"] == 0
 
 
+def test_dtype_bf16_serves_completions_from_bf16_weights(model_dir):
+    """`--dtype bf16`: completions come from the bf16 copy of the weights (their
+    log-probabilities are the bf16 model's, not the fp32 one's), greedy text
+    equals `gpt2lab generate --dtype bf16 --greedy`, and the card says bf16."""
+    from gpt2lab.checkpoint import load_model
+    from gpt2lab.generate import Generator
+
+    def first_logprobs(dtype):  # what the first new token is drawn from, generating in `dtype`
+        events = Generator(*load_model(model_dir)).token_events(PROMPT, greedy=True, max_new_tokens=1, dtype=dtype)
+        return next(events).logits.float().log_softmax(-1)
+
+    expected = {dtype: first_logprobs(dtype) for dtype in ("fp32", "bf16")}
+    proc = run_cli("generate", "--model", model_dir, "--prompt", PROMPT, "--greedy", "--max-new-tokens", 30,
+                   "--dtype", "bf16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    text = json.loads(proc.stdout.strip().splitlines()[-1])["text"]
+    with serving(model_dir, "--dtype", "bf16") as (url, _):
+        assert get(url + "/api/model")["dtype"] == "bf16"
+        client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+        r = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=30, temperature=0, logprobs=1)
+    assert r.choices[0].text == text
+    token = int(expected["bf16"].argmax())
+    served = r.choices[0].logprobs.token_logprobs[0]
+    bf16, fp32 = float(expected["bf16"][token]), float(expected["fp32"][token])
+    assert abs(bf16 - fp32) > 1e-4  # bf16 rounding shows in the log-probabilities
+    assert served == pytest.approx(bf16, abs=1e-5)
+
+
+def test_serve_rejects_an_unknown_dtype(model_dir):
+    assert_user_error(run_cli("serve", "--model", model_dir, "--port", "0", "--dtype", "fp16"), "--dtype", "bf16")
+
+
 # ---------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------

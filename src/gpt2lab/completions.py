@@ -159,7 +159,7 @@ def parse_completion(body, generator: Generator, limits) -> CompletionRequest:
     if any(not s for s in sampling["stop"]):
         raise bad("stop", "'stop' strings must not be empty")
     if max_tokens > 0:
-        request.sampling = SamplingConfig(max_new_tokens=max_tokens, **sampling)
+        request.sampling = SamplingConfig(max_new_tokens=max_tokens, dtype=limits.dtype, **sampling)
     return request
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from .completions import CompletionRequest, completion_steps, parse_completion
 from .errors import APIError, UserError
+from .generate import DTYPES
 from .worker import Job, ModelWorker, run_job
 
 log = logging.getLogger("gpt2lab.server")
@@ -56,8 +57,11 @@ class ServeConfig:
     max_rows: int = 16  # the most sequences one request generates at once (prompts x n)
     max_requests: int = 32  # requests running or waiting at once; more get 429
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    dtype: str = "fp32"  # the weights' format for completions, as in `gpt2lab generate --dtype`: fp32 or bf16
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port must be between 0 and 65535, got {self.port}")
         for name in ("max_tokens", "max_n", "max_rows", "max_requests", "max_body_bytes"):
@@ -108,15 +112,19 @@ def read_last_metrics(run: Path) -> dict:
     return merged
 
 
-def load_served(path) -> Served:
+def load_served(path, dtype: str = "fp32") -> Served:
+    """The model at ``path``, ready to serve completions in ``dtype`` (its copy in
+    that format is made now, not on the first request)."""
     from .checkpoint import load_model, resolve_model_path
     from .generate import Generator
 
     kind, folder = resolve_model_path(path)
     model, tokenizer = load_model(path)
-    card = model_card(model, tokenizer, kind, folder)
+    card = {**model_card(model, tokenizer, kind, folder), "dtype": dtype}
     model_id = Path(card["run"] or folder).name
-    return Served(Generator(model, tokenizer), model_id, card)
+    generator = Generator(model, tokenizer)
+    generator.model_in(dtype)
+    return Served(generator, model_id, card)
 
 
 # ---------------------------------------------------------------------------
@@ -362,14 +370,14 @@ def serve(model_path, cfg: ServeConfig, announce=print) -> None:
     """Load the model, listen, and serve until Ctrl-C."""
     import uvicorn
 
-    served = load_served(model_path)
+    served = load_served(model_path, cfg.dtype)
     sock = listen(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     logging.basicConfig(level=logging.WARNING, format="gpt2lab serve: %(message)s")
     server = uvicorn.Server(uvicorn.Config(build_app(served, cfg), log_level="warning",
                                            timeout_graceful_shutdown=2, access_log=False))
-    announce(f"serving {served.model_id} ({served.card['parameters']:,} parameters) at http://{shown}:{port}/ "
+    announce(f"serving {served.model_id} ({served.card['parameters']:,} parameters, {cfg.dtype}) at http://{shown}:{port}/ "
              "(the playground; the API is under /v1); Ctrl-C stops", flush=True)
     server.run(sockets=[sock])
     announce("stopped", flush=True)
