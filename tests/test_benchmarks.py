@@ -18,6 +18,22 @@ def _benchmarks_importable(monkeypatch, threads):
     threads(1)  # single short steps; a second thread only adds noise on a busy machine
 
 
+def test_forced_agreement_of_a_model_with_its_own_greedy_text_is_total():
+    import torch
+
+    from benchmarks import generate
+    from gpt2lab.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", init_range=generate.INIT_RANGE)).eval()
+    prompt = torch.randint(0, model.cfg.d_vocab, (2, 4))
+    tokens = generate.greedy(model, prompt, 20)
+    assert generate.forced_agreement(model, prompt, tokens) == 1.0
+    assert generate.forced_agreement(model, prompt, tokens.roll(1, dims=1)) < 0.5  # shifted by one: wrong
+    same = torch.tensor([[True, True, False], [True, True, True], [False, True, True]])
+    assert generate.first_difference(same) == 2  # rows part at 2, never (3), 0
+
+
 @pytest.mark.slow
 def test_train_benchmark_runs_both_sides_and_reports_mfu():
     from benchmarks import train
@@ -41,7 +57,7 @@ def test_generate_benchmark_gives_the_same_tokens_as_transformers():
         assert r["same_tokens"] is True and r["distinct_tokens"] >= 4  # varied text, not one token repeated
         assert all(r["rate"][k] > 0 for k in ("gpt2lab", "gpt2lab bf16", "transformers"))
         assert r["bandwidth_GBps"] > 0 and r["weights_MB"]["bf16"] == r["weights_MB"]["fp32"] / 2
-        assert 0 < r["roofline_fraction"]["gpt2lab"] and 0 <= r["bf16_same_token_fraction"] <= 1
+        assert 0 < r["roofline_fraction"]["gpt2lab"] and 0 < r["bf16_forced_agreement"] <= 1
     assert result["runs"][1]["bounds"]["gpt2lab"]["compute"] > 0  # batch 2: the compute bound too
     assert set(result["contention"]["rates"]) == {"quiet", "one core busy"}
     assert "| tiny | 2 | gpt2lab |" in generate.table(result) and "one core busy" in generate.table(result)
