@@ -75,7 +75,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     """Serialise first, then write with plain Python file calls: a full disk
     then surfaces as an ``OSError`` naming the file and the reason ("No space
     left on device"), where the serialisers' own writers report it as an

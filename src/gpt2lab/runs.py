@@ -370,7 +370,7 @@ def save_checkpoint(run_dir: Path, step: int, model: GPT, tokenizer, optimizer, 
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        write_bytes_atomic(tmp / STATE_FILE, buffer.getvalue())
+        write_bytes_atomic(tmp / STATE_FILE, buffer.getbuffer())  # a view of the buffer's bytes, not a copy
         fsync_dir(tmp)
         if final.exists():  # the same step saved again (e.g. a resumed run that had nothing to do)
             discard(final)
