@@ -76,7 +76,8 @@ def test_playground_in_chromium(page, tmp_path):
     from selenium.webdriver.support.ui import Select
 
     d = page
-    assert d.find_element("id", "card").text  # the model card is filled in
+    card = d.find_element("id", "card").text  # the model card is filled in
+    assert "Generates in" in card and "fp32" in card  # the served dtype (serve --dtype)
     d.execute_script("""
         window.seen = [];
         new MutationObserver(() => {

@@ -29,7 +29,7 @@ const TEXT = {
     tipId: "id", tipProb: "probability", tipLoss: "loss", tipGuess: "the model's top guesses here",
     looks: (t) => `Where ${t} looks (layer and head above); later tokens are hidden from it.`,
     card: { preset: "Preset", parameters: "Parameters", tokenizer: "Tokenizer", run: "Training run",
-            bpb: "Val bits per byte", shape: "Shape", context: "Context", none: "—",
+            bpb: "Val bits per byte", shape: "Shape", context: "Context", dtype: "Generates in", none: "—",
             shapeText: (c) => `${c.n_layers} layers × ${c.n_heads} heads, d_model ${c.d_model}` },
     error: "error",
   },
@@ -53,7 +53,7 @@ const TEXT = {
     tipId: "id", tipProb: "probabilité", tipLoss: "perte", tipGuess: "les meilleurs paris du modèle ici",
     looks: (t) => `Où regarde ${t} (couche et tête ci-dessus) ; les jetons suivants lui sont cachés.`,
     card: { preset: "Préréglage", parameters: "Paramètres", tokenizer: "Tokeniseur", run: "Entraînement",
-            bpb: "Bits par octet (validation)", shape: "Forme", context: "Contexte", none: "—",
+            bpb: "Bits par octet (validation)", shape: "Forme", context: "Contexte", dtype: "Génère en", none: "—",
             shapeText: (c) => `${c.n_layers} couches × ${c.n_heads} têtes, d_model ${c.d_model}` },
     error: "erreur",
   },
@@ -414,6 +414,7 @@ function drawCard() {
     [L.tokenizer, `${c.tokenizer.kind} (${c.tokenizer.n_vocab.toLocaleString(state.lang)})`],
     [L.run, c.run ? `${c.run}${c.step !== null ? ` · step ${c.step}` : ""}` : c.path],
     [L.bpb, c.val_bpb !== null ? c.val_bpb.toFixed(3) : L.none],
+    [L.dtype, c.dtype],
   ];
   $("card").replaceChildren(...rows.map(([k, v]) => {
     const pair = document.createElement("div"), dt = document.createElement("dt"), dd = document.createElement("dd");
