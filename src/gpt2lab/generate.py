@@ -72,6 +72,12 @@ MAX_SAMPLES = 64  # cap on --num-samples (they run as one batch)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # --dtype: the weights' number format
 
 
+def check_dtype(dtype: str) -> None:
+    """``--dtype`` of ``generate`` and ``serve``: one of :data:`DTYPES`, or a one-line error."""
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
 @dataclass
 class SamplingConfig:
     """How to choose each next token, and when to stop.  Each field is a flag of
@@ -91,8 +97,7 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_dtype(self.dtype)
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise UserError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {self.max_new_tokens}")
         if not 1 <= self.num_samples <= MAX_SAMPLES:

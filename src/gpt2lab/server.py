@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .completions import CompletionRequest, completion_steps, parse_completion
 from .errors import APIError, UserError
-from .generate import DTYPES
+from .generate import check_dtype
 from .worker import Job, ModelWorker, run_job
 
 log = logging.getLogger("gpt2lab.server")
@@ -60,8 +60,7 @@ class ServeConfig:
     dtype: str = "fp32"  # the weights' format for completions, as in `gpt2lab generate --dtype`: fp32 or bf16
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_dtype(self.dtype)
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port must be between 0 and 65535, got {self.port}")
         for name in ("max_tokens", "max_n", "max_rows", "max_requests", "max_body_bytes"):
