@@ -175,3 +175,19 @@ def bmm_calls(monkeypatch):
 
     monkeypatch.setattr(torch, "bmm", counting)
     return calls
+
+
+@pytest.fixture
+def packed_calls(monkeypatch):
+    """Count calls to oneDNN's product of packed weights, to know which path `matmul` took."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this build of PyTorch has no oneDNN")
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counting)
+    return calls

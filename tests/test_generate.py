@@ -14,7 +14,8 @@ from gpt2lab.checkpoint import export_hf, save_model
 from gpt2lab.errors import UserError
 from gpt2lab.generate import (Generator, SamplingConfig, TextStream, choose_next, filter_top_k, filter_top_p,
                               generate_ids, model_in_dtype, sample)
-from gpt2lab.model import GPT, GPTConfig
+from gpt2lab.hardware import cpu_has_native_bf16
+from gpt2lab.model import GPT, GPTConfig, KVCache
 from gpt2lab.tokenizer import gpt2_tokenizer
 
 GREEDY = dict(greedy=True, stop_at_eot=False)
@@ -200,6 +201,31 @@ def test_bf16_greedy_agrees_with_fp32_on_most_tokens():
     with torch.inference_mode():
         same = model(seq).argmax(-1)[:, 7:] == bf16(seq).argmax(-1)[:, 7:]
     assert same.float().mean() >= 0.95
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16() or not torch.backends.mkldnn.is_available(),
+                    reason="bf16 weights are packed for oneDNN only on CPUs with bf16 in hardware")
+def test_bf16_decoding_reads_packed_weights_and_agrees_with_fp32(packed_calls):
+    """On this CPU the bf16 copy's weights are packed for oneDNN (model.PackedWeights);
+    decoding one position at a time, as generation does, reads them and still
+    ranks fp32's token first at nearly every step."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", d_vocab=512, init_range=0.1)).eval()
+    bf16 = model_in_dtype(model, "bf16")
+    assert set(bf16.blocks[0].mlp.packed) == {"W_in", "W_out"} and not model.blocks[0].mlp.packed
+    seq = torch.randint(0, 512, (8, 24), generator=torch.Generator().manual_seed(1))
+    cache = KVCache(bf16.cfg, batch=8, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        steps = [bf16(seq[:, i:i + 1], cache).argmax(-1) for i in range(seq.shape[1])]
+        same = torch.cat(steps, dim=1) == model(seq).argmax(-1)
+    assert len(packed_calls) == seq.shape[1] * (6 * bf16.cfg.n_layers + 1)  # every product of every step
+    assert same.float().mean() >= 0.95
+
+
+def test_bf16_weights_are_not_packed_without_bf16_in_hardware(monkeypatch):
+    monkeypatch.setattr("gpt2lab.generate.cpu_has_native_bf16", lambda: False)
+    bf16 = model_in_dtype(GPT(GPTConfig.from_preset("tiny")), "bf16")
+    assert not bf16.blocks[0].mlp.packed and not bf16.unembed.packed
 
 
 def test_generator_makes_its_bf16_copy_once():

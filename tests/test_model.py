@@ -7,6 +7,8 @@ parameters and all biases are perturbed away from their 1/0 initial values so
 that a swapped or ignored parameter cannot hide.
 """
 
+import copy
+import io
 import math
 
 import pytest
@@ -15,7 +17,8 @@ import torch.nn.functional as F
 
 from conftest import random_hf_model
 from gpt2lab.checkpoint import hf_to_gpt2lab, load_state_strict
-from gpt2lab.model import FEW_ROWS, GPT, Embed, GPTConfig, KVCache, LayerNorm, causal_mask, gelu, matmul
+from gpt2lab.model import (FEW_ROWS, GPT, Embed, GPTConfig, KVCache, LayerNorm, PackedWeights, causal_mask,
+                           gelu, matmul)
 
 TOL = {"tiny": 1e-5, "mini": 1e-5, "gpt2": 1e-4}
 
@@ -218,6 +221,41 @@ def test_matmul_keeps_the_plain_product_for_training_and_big_batches(threads, bm
     with torch.no_grad():
         assert torch.equal(matmul(small, W), small @ W)  # one thread: nothing to spread
     assert not bmm_calls
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 256), (8, 1, 256), (3, 2, 768)])
+def test_packed_matmul_equals_the_plain_product(packed_calls, shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape).bfloat16()  # (batch, pos, d_in), at most FEW_ROWS rows
+    W = torch.randn(shape[-1], 96).bfloat16()
+    packs = PackedWeights()
+    packs.pack("W", W)
+    with torch.no_grad():
+        fast = matmul(x, W, packs["W"])
+    assert packed_calls, "a few rows without gradients should read the packed weights"
+    assert fast.shape == (*shape[:-1], 96) and fast.dtype == torch.bfloat16
+    exact = x.double() @ W.double()
+    # both round the result to bf16 (8 bits of mantissa); values ~ sqrt(d_in)
+    assert err(fast.double(), exact) <= 2 * err((x @ W).double(), exact) + 1e-6
+
+
+def test_packed_weights_are_used_only_while_unchanged(packed_calls):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny")).bfloat16().eval()
+    plain = copy.deepcopy(model)  # a copy starts without packs
+    model.pack_weights()
+    assert not plain.blocks[0].mlp.packed and set(model.blocks[0].attn.packed) == {"W_Q", "W_K", "W_V", "W_O"}
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 1))
+    with torch.no_grad():
+        assert err(model(tokens).float(), plain(tokens).float()) <= 0.05  # bf16 rounding, logits ~ 1
+        assert len(packed_calls) == 6 * model.cfg.n_layers + 1  # Q, K, V, O, in, out per block; the unembedding
+        for m in (model, plain):
+            m.blocks[0].mlp.W_in.mul_(2)  # any in-place change, e.g. a training step
+            m.embed.W_E.mul_(2)
+        packed_calls.clear()
+        assert err(model(tokens).float(), plain(tokens).float()) <= 0.05
+        assert len(packed_calls) == 6 * model.cfg.n_layers - 1  # the two changed matrices are read as they are
+    torch.save(model, io.BytesIO())  # packs are not pickled
 
 
 def test_unembed_fast_path_follows_every_change_of_W_E(threads, bmm_calls):
