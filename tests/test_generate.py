@@ -222,6 +222,17 @@ def test_bf16_decoding_reads_packed_weights_and_agrees_with_fp32(packed_calls):
     assert same.float().mean() >= 0.95
 
 
+def test_bf16_copy_can_be_made_inside_inference_mode():
+    model = GPT(GPTConfig.from_preset("tiny")).eval()
+    tokens = torch.randint(0, model.cfg.d_vocab, (1, 1))
+    with torch.inference_mode():  # e.g. inside a caller's own generation loop
+        bf16 = model_in_dtype(model, "bf16")
+        logits = bf16(tokens).float()
+        expected = model(tokens)
+    assert not bf16.embed.W_E.is_inference()
+    assert (logits - expected).abs().max() <= 0.05  # bf16 rounding
+
+
 def test_bf16_weights_are_not_packed_without_bf16_in_hardware(monkeypatch):
     monkeypatch.setattr("gpt2lab.generate.cpu_has_native_bf16", lambda: False)
     bf16 = model_in_dtype(GPT(GPTConfig.from_preset("tiny")), "bf16")

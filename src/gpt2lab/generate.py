@@ -326,11 +326,15 @@ def model_in_dtype(model: GPT, dtype: str) -> GPT:
 
     But PyTorch's CPU product of one row by a bf16 matrix is slower than its
     fp32 one, so on a CPU with bf16 in hardware the copy's weights are also
-    packed for oneDNN's faster kernel (:meth:`GPT.pack_weights`)."""
-    copied = copy.deepcopy(model).to(DTYPES[dtype]).eval()
+    packed for oneDNN's faster kernel (:meth:`GPT.pack_weights`).  The copy
+    is made outside inference mode even when called inside it: a pack keeps
+    track of its weight's in-place changes, which inference tensors do not count."""
+    with torch.inference_mode(False):
+        copied = copy.deepcopy(model).to(DTYPES[dtype]).eval()
     on_cpu = copied.embed.W_E.device.type == "cpu"
     if dtype == "bf16" and on_cpu and cpu_has_native_bf16() and torch.backends.mkldnn.is_available():
-        copied.pack_weights()
+        with torch.inference_mode(False):
+            copied.pack_weights()
     return copied
 
 
