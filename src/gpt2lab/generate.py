@@ -331,9 +331,8 @@ def model_in_dtype(model: GPT, dtype: str) -> GPT:
     track of its weight's in-place changes, which inference tensors do not count."""
     with torch.inference_mode(False):
         copied = copy.deepcopy(model).to(DTYPES[dtype]).eval()
-    on_cpu = copied.embed.W_E.device.type == "cpu"
-    if dtype == "bf16" and on_cpu and cpu_has_native_bf16() and torch.backends.mkldnn.is_available():
-        with torch.inference_mode(False):
+        on_cpu = copied.embed.W_E.device.type == "cpu"
+        if dtype == "bf16" and on_cpu and cpu_has_native_bf16() and torch.backends.mkldnn.is_available():
             copied.pack_weights()
     return copied
 
