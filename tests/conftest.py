@@ -163,31 +163,29 @@ def assert_same_run(a, b):
     assert not differ, f"final tensors differ: {differ[:8]}"
 
 
-@pytest.fixture
-def bmm_calls(monkeypatch):
-    """Count calls to torch.bmm, to know which path `matmul` took."""
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Replace ``owner.name`` until the test ends with a wrapper that records the
+    shape of each call's first argument, to know which path the code took."""
     calls = []
-    real = torch.bmm
+    real = getattr(owner, name)
 
     def counting(*args, **kwargs):
         calls.append(args[0].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "bmm", counting)
+    monkeypatch.setattr(owner, name, counting)
     return calls
+
+
+@pytest.fixture
+def bmm_calls(monkeypatch):
+    """Calls to torch.bmm: the split path of `model.matmul`."""
+    return count_calls(monkeypatch, torch, "bmm")
 
 
 @pytest.fixture
 def packed_calls(monkeypatch):
-    """Count calls to oneDNN's product of packed weights, to know which path `matmul` took."""
+    """Calls to oneDNN's product of packed weights: the packed path of `model.matmul`."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this build of PyTorch has no oneDNN")
-    calls = []
-    real = torch.ops.mkldnn._linear_pointwise
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counting)
-    return calls
+    return count_calls(monkeypatch, torch.ops.mkldnn, "_linear_pointwise")
